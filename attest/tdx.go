@@ -1,0 +1,322 @@
+package attest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+
+	"github.com/google/go-tdx-guest/abi"
+	"github.com/google/go-tdx-guest/pcs"
+	pb "github.com/google/go-tdx-guest/proto/tdx"
+	"github.com/google/go-tdx-guest/validate"
+	"github.com/google/go-tdx-guest/verify"
+)
+
+// TDX quote layout (Intel TDX DCAP Quoting Library API, "Quote Format");
+// all integers little endian.
+const (
+	TDXQuoteHeaderSize = 0x30
+	tdxOffVersion      = 0x00 // u16
+	tdxOffAttKeyType   = 0x02 // u16: 2 = ECDSA-256-with-P-256
+	tdxOffTeeType      = 0x04 // u32: 0x81 = TDX
+	tdxOffBody         = TDXQuoteHeaderSize
+	tdxBodySize        = 0x248                    // TD quote body (v4)
+	tdxOffSignedSize   = tdxOffBody + tdxBodySize // u32 length of the signature data
+	tdxMinQuote        = tdxOffSignedSize + 4
+
+	// Offsets inside the TD quote body.
+	tdxBodyTeeTcbSvn    = 0x000 // 16
+	tdxBodyMRSEAM       = 0x010 // 48
+	tdxBodyTDAttributes = 0x078 // 8
+	tdxBodyXFAM         = 0x080 // 8
+	tdxBodyMRTD         = 0x088 // 48
+	tdxBodyMRConfigID   = 0x0B8 // 48
+	tdxBodyRTMR0        = 0x148 // 4 × 48
+	tdxBodyReportData   = 0x208 // 64
+
+	tdxTeeTypeTDX = 0x81
+	// maxTDXQuote bounds a quote: the v4 structure is ~5 KiB with its PCK chain.
+	maxTDXQuote = 64 << 10
+	// tdAttrDebug is TDATTRIBUTES bit 0: the TD is debuggable by the host.
+	tdAttrDebug = 1 << 0
+)
+
+// TDXEvidence is Trustee's TDX evidence: the quote (standard base64) and an
+// optional CC event log (base64 CCEL).
+type TDXEvidence struct {
+	Quote      string  `json:"quote"`
+	CCEventLog *string `json:"cc_eventlog"`
+}
+
+// ParseTDXEvidence decodes Trustee-form TDX evidence and checks that the
+// quote is a version 4 TDX quote of plausible size; it does not verify it.
+func ParseTDXEvidence(b []byte) (*TDXEvidence, error) {
+	if len(b) > maxEvidence {
+		return nil, fmt.Errorf("attest: tdx evidence is %d bytes, more than %d", len(b), maxEvidence)
+	}
+	var ev TDXEvidence
+	if err := json.Unmarshal(b, &ev); err != nil {
+		return nil, fmt.Errorf("attest: tdx evidence: %w", err)
+	}
+	q, err := ev.RawQuote()
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckTDXQuoteHeader(q); err != nil {
+		return nil, err
+	}
+	if ev.CCEventLog != nil {
+		if _, err := base64.StdEncoding.DecodeString(*ev.CCEventLog); err != nil {
+			return nil, fmt.Errorf("attest: tdx evidence: cc_eventlog is not base64: %w", err)
+		}
+	}
+	return &ev, nil
+}
+
+// RawQuote returns the decoded quote bytes.
+func (e *TDXEvidence) RawQuote() ([]byte, error) {
+	if base64.StdEncoding.DecodedLen(len(e.Quote)) > maxTDXQuote {
+		return nil, fmt.Errorf("attest: tdx quote is longer than %d bytes", maxTDXQuote)
+	}
+	q, err := base64.StdEncoding.DecodeString(e.Quote)
+	if err != nil {
+		return nil, fmt.Errorf("attest: tdx quote is not standard base64: %w", err)
+	}
+	return q, nil
+}
+
+// NewTDXEvidence wraps a raw quote (and an optional event log) in Trustee's
+// form.
+func NewTDXEvidence(quote, eventLog []byte) *TDXEvidence {
+	ev := &TDXEvidence{Quote: base64.StdEncoding.EncodeToString(quote)}
+	if eventLog != nil {
+		s := base64.StdEncoding.EncodeToString(eventLog)
+		ev.CCEventLog = &s
+	}
+	return ev
+}
+
+// CheckTDXQuoteHeader checks the fixed header before a library parser sees
+// the quote: long enough, version 4 (go-tdx-guest v0.3.1 parses no other),
+// TEE type TDX, and a signature-data length that fits.
+func CheckTDXQuoteHeader(q []byte) error {
+	if len(q) < tdxMinQuote {
+		return fmt.Errorf("attest: tdx quote is %d bytes, shorter than the %d-byte header and body", len(q), tdxMinQuote)
+	}
+	if len(q) > maxTDXQuote {
+		return fmt.Errorf("attest: tdx quote is %d bytes, more than %d", len(q), maxTDXQuote)
+	}
+	le := binary.LittleEndian
+	switch v := le.Uint16(q[tdxOffVersion:]); v {
+	case 4:
+	case 5:
+		return errors.New("attest: tdx quote version 5 is not supported (go-tdx-guest v0.3.1 verifies version 4 only)")
+	default:
+		return fmt.Errorf("attest: tdx quote version %d is not supported (want 4)", v)
+	}
+	if t := le.Uint32(q[tdxOffTeeType:]); t != tdxTeeTypeTDX {
+		return fmt.Errorf("attest: quote TEE type %#x is not TDX (%#x)", t, tdxTeeTypeTDX)
+	}
+	if n := le.Uint32(q[tdxOffSignedSize:]); uint64(n) > uint64(len(q)-tdxMinQuote) {
+		return fmt.Errorf("attest: tdx quote signature data length %d exceeds the %d bytes present", n, len(q)-tdxMinQuote)
+	}
+	return nil
+}
+
+// ParseTDXQuote parses a raw v4 quote with go-tdx-guest, turning its panics
+// on crafted input into errors.
+func ParseTDXQuote(q []byte) (*pb.QuoteV4, error) {
+	if err := CheckTDXQuoteHeader(q); err != nil {
+		return nil, err
+	}
+	var out *pb.QuoteV4
+	err := safely("tdx quote", func() error {
+		v, err := abi.QuoteToProto(q)
+		if err != nil {
+			return err
+		}
+		var ok bool
+		if out, ok = v.(*pb.QuoteV4); !ok {
+			return fmt.Errorf("unsupported quote type %T", v)
+		}
+		return abi.CheckQuoteV4(out)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attest: tdx quote: %w", err)
+	}
+	return out, nil
+}
+
+// pckChainRoot returns the last certificate of the quote's PEM PCK chain.
+func pckChainRoot(q *pb.QuoteV4) (*x509.Certificate, error) {
+	chain := q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetPckCertificateChainData().GetPckCertChain()
+	var last *pem.Block
+	for n := 0; ; n++ {
+		var blk *pem.Block
+		blk, chain = pem.Decode(chain)
+		if blk == nil {
+			break
+		}
+		if n >= 3 {
+			return nil, errors.New("attest: tdx: PCK chain has more than 3 certificates")
+		}
+		last = blk
+	}
+	if last == nil {
+		return nil, errors.New("attest: tdx: quote carries no PEM PCK certificate chain")
+	}
+	c, err := x509.ParseCertificate(last.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("attest: tdx: PCK chain root: %w", err)
+	}
+	return c, nil
+}
+
+// VerifyTDX verifies parsed TDX evidence against p.
+func VerifyTDX(ev *TDXEvidence, p Policy) (*Claims, error) {
+	if err := p.check(TDX); err != nil {
+		return nil, err
+	}
+	raw, err := ev.RawQuote()
+	if err != nil {
+		return nil, err
+	}
+	q, err := ParseTDXQuote(raw)
+	if err != nil {
+		return nil, err
+	}
+	chainRoot, err := pckChainRoot(q)
+	if err != nil {
+		return nil, err
+	}
+	// Intel's real and our emulated roots share a subject name, so roots are
+	// told apart by key.
+	var anchor *intelRoot
+	for i := range p.Roots.intel {
+		if bytes.Equal(p.Roots.intel[i].cert.RawSubjectPublicKeyInfo, chainRoot.RawSubjectPublicKeyInfo) {
+			anchor = &p.Roots.intel[i]
+			break
+		}
+	}
+	if anchor == nil {
+		return nil, fmt.Errorf("attest: tdx: the quote's PCK chain ends at a root (key sha256 %s) that is not trusted", fingerprintKey(chainRoot))
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(anchor.cert)
+	collateral := anchor.pcs != nil || p.Fetcher != nil
+	// Options per request: TdxQuote writes into them (chain, collateral, Now).
+	vopts := &verify.Options{
+		TrustedRoots:     pool,
+		Now:              p.now(),
+		GetCollateral:    collateral,
+		CheckRevocations: p.CheckRevocations && collateral,
+		Getter:           tdxGetter{offline: anchor.pcs, f: p.Fetcher},
+	}
+	if p.CheckRevocations && !collateral {
+		return nil, errors.New("attest: tdx: revocation checks need collateral: enable fetching or use a root with stored collateral")
+	}
+	if err := safely("tdx verify", func() error { return verify.TdxQuote(q, vopts) }); err != nil {
+		return nil, fmt.Errorf("attest: tdx: signature, certificate chain or collateral rejected: %w", err)
+	}
+
+	body := q.GetTdQuoteBody()
+	minSvn := p.MinTCB.TeeTcbSvn // always 16 bytes: a short slice panics validate
+	vals := &validate.Options{
+		TdQuoteBodyOptions: validate.TdQuoteBodyOptions{
+			MinimumTeeTcbSvn: minSvn[:],
+			ReportData:       p.ReportData,
+			MrConfigID:       p.HostData,
+		},
+	}
+	if err := safely("tdx validate", func() error { return validate.TdxQuote(q, vals) }); err != nil {
+		return nil, fmt.Errorf("attest: tdx: quote refused by policy: %w", err)
+	}
+	// validate.TdxQuote lets a debug TD through unless TdAttributes is pinned.
+	attrs := binary.LittleEndian.Uint64(body.GetTdAttributes())
+	if attrs&tdAttrDebug != 0 && !p.AllowDebug {
+		return nil, errors.New("attest: tdx: TD attributes allow debugging")
+	}
+	if !p.measurementAllowed(body.GetMrTd()) {
+		return nil, fmt.Errorf("attest: tdx: MRTD %s is not allowed by the policy", hexs(body.GetMrTd()))
+	}
+	rtmrs := body.GetRtmrs()
+	if len(rtmrs) != 4 {
+		return nil, fmt.Errorf("attest: tdx: quote has %d RTMRs, want 4", len(rtmrs))
+	}
+	if p.RTMRs != nil && !rtmrsAllowed(p.RTMRs, rtmrs) {
+		return nil, errors.New("attest: tdx: RTMR values are not allowed by the policy")
+	}
+	fmspc := ""
+	if leaf := mustPCKLeaf(q); leaf != nil {
+		if exts, err := pcs.PckCertificateExtensions(leaf); err == nil {
+			fmspc = exts.FMSPC
+		}
+	}
+	var svn SVN16
+	copy(svn[:], body.GetTeeTcbSvn())
+	h := q.GetHeader()
+	c := &Claims{
+		TEE:             TDX,
+		Measurement:     hexs(body.GetMrTd()),
+		ReportData:      hexs(body.GetReportData()),
+		HostData:        hexs(body.GetMrConfigId()),
+		Debug:           attrs&tdAttrDebug != 0,
+		TCB:             TCB{TeeTcbSvn: svn},
+		Emulated:        anchor.emulated,
+		RootFingerprint: Fingerprint(anchor.cert),
+		TDX: &TDXClaims{
+			TDAttributes:  hexs(body.GetTdAttributes()),
+			XFAM:          hexs(body.GetXfam()),
+			MRSEAM:        hexs(body.GetMrSeam()),
+			MROwner:       hexs(body.GetMrOwner()),
+			MROwnerConfig: hexs(body.GetMrOwnerConfig()),
+			QESVN:         binary.LittleEndian.Uint16(h.GetQeSvn()),
+			PCESVN:        binary.LittleEndian.Uint16(h.GetPceSvn()),
+			FMSPC:         fmspc,
+			Collateral:    collateral,
+		},
+	}
+	for i := range rtmrs {
+		c.TDX.RTMRs[i] = hexs(rtmrs[i])
+	}
+	return c, nil
+}
+
+// mustPCKLeaf returns the first certificate of the quote's PCK chain (the
+// chain already verified, so parsing succeeds), or nil.
+func mustPCKLeaf(q *pb.QuoteV4) *x509.Certificate {
+	chain := q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetPckCertificateChainData().GetPckCertChain()
+	blk, _ := pem.Decode(chain)
+	if blk == nil {
+		return nil
+	}
+	c, _ := x509.ParseCertificate(blk.Bytes)
+	return c
+}
+
+func rtmrsAllowed(sets [][4][]byte, got [][]byte) bool {
+	for _, set := range sets {
+		ok := true
+		for i := range set {
+			if len(set[i]) != 0 && !bytes.Equal(set[i], got[i]) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+func fingerprintKey(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return hexs(sum[:])
+}
