@@ -74,7 +74,7 @@ func Open(r io.ReaderAt, size int64) (*Volume, error) {
 	} else {
 		// The primary is unusable, so its hdr_size cannot be trusted: probe
 		// every offset the secondary may have.
-		serr = errors.New("no secondary header found")
+		serr = fmt.Errorf("%w at any secondary offset", errNoMagic)
 		for off := int64(MinHeaderSize); off <= MaxHeaderSize; off *= 2 {
 			h, m, err := readCopy(r, off, size, true)
 			if err == nil {
