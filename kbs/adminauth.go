@@ -1,0 +1,205 @@
+package kbs
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+// Admin token rules: short-lived, audience-bound.
+const (
+	adminAudience      = "krun-tee-kbs-admin"
+	maxAdminTokenLife  = 5 * time.Minute
+	adminClockLeeway   = 30 * time.Second
+	defaultAdminTTL    = 2 * time.Minute
+	maxAdminKeyFileLen = 64 << 10
+)
+
+// AdminVerifier checks admin bearer tokens against one public key (Ed25519 or
+// EC P-256).
+type AdminVerifier struct {
+	pub  crypto.PublicKey
+	algs []jose.SignatureAlgorithm
+}
+
+// LoadAdminPublicKey reads a PEM "PUBLIC KEY" (PKIX) file holding an Ed25519
+// or EC P-256 key.
+func LoadAdminPublicKey(path string) (*AdminVerifier, error) {
+	data, err := readBounded(path)
+	if err != nil {
+		return nil, fmt.Errorf("kbs: admin public key: %w", err)
+	}
+	return ParseAdminPublicKey(data)
+}
+
+// ParseAdminPublicKey parses a PEM PKIX public key for admin authentication.
+func ParseAdminPublicKey(pemData []byte) (*AdminVerifier, error) {
+	b, _ := pem.Decode(pemData)
+	if b == nil || b.Type != "PUBLIC KEY" {
+		return nil, errors.New("kbs: admin public key: no PEM PUBLIC KEY block")
+	}
+	k, err := x509.ParsePKIXPublicKey(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("kbs: admin public key: %w", err)
+	}
+	switch pk := k.(type) {
+	case ed25519.PublicKey:
+		return &AdminVerifier{pub: pk, algs: []jose.SignatureAlgorithm{jose.EdDSA}}, nil
+	case *ecdsa.PublicKey:
+		if pk.Curve != elliptic.P256() {
+			return nil, errors.New("kbs: admin public key: EC key must be P-256")
+		}
+		return &AdminVerifier{pub: pk, algs: []jose.SignatureAlgorithm{jose.ES256}}, nil
+	}
+	return nil, fmt.Errorf("kbs: admin public key: %T not supported (want Ed25519 or EC P-256)", k)
+}
+
+// Check verifies an admin token: signature, audience, iat and exp present,
+// not expired, not issued in the future and living at most 5 minutes.
+func (v *AdminVerifier) Check(token string, now time.Time) (subject string, err error) {
+	if len(token) > maxTokenLen {
+		return "", errors.New("admin token too large")
+	}
+	parsed, err := jwt.ParseSigned(token, v.algs)
+	if err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	var c jwt.Claims
+	if err := parsed.Claims(v.pub, &c); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	if c.IssuedAt == nil || c.Expiry == nil {
+		return "", errors.New("admin token: iat and exp required")
+	}
+	if life := c.Expiry.Time().Sub(c.IssuedAt.Time()); life <= 0 || life > maxAdminTokenLife {
+		return "", fmt.Errorf("admin token: lifetime %s (want at most %s)", life, maxAdminTokenLife)
+	}
+	if err := c.ValidateWithLeeway(jwt.Expected{AnyAudience: jwt.Audience{adminAudience}, Time: now}, adminClockLeeway); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	return c.Subject, nil
+}
+
+// AdminSigner mints admin tokens with a private key (Ed25519 or EC P-256).
+type AdminSigner struct {
+	signer jose.Signer
+}
+
+// LoadAdminPrivateKey reads a PEM "PRIVATE KEY" (PKCS#8) file.
+func LoadAdminPrivateKey(path string) (*AdminSigner, error) {
+	data, err := readBounded(path)
+	if err != nil {
+		return nil, fmt.Errorf("kbs: admin key: %w", err)
+	}
+	b, _ := pem.Decode(data)
+	if b == nil || b.Type != "PRIVATE KEY" {
+		return nil, fmt.Errorf("kbs: admin key %s: no PEM PRIVATE KEY block", path)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("kbs: admin key %s: %w", path, err)
+	}
+	var sk jose.SigningKey
+	switch pk := k.(type) {
+	case ed25519.PrivateKey:
+		sk = jose.SigningKey{Algorithm: jose.EdDSA, Key: pk}
+	case *ecdsa.PrivateKey:
+		if pk.Curve != elliptic.P256() {
+			return nil, fmt.Errorf("kbs: admin key %s: EC key must be P-256", path)
+		}
+		sk = jose.SigningKey{Algorithm: jose.ES256, Key: pk}
+	default:
+		return nil, fmt.Errorf("kbs: admin key %s: %T not supported", path, k)
+	}
+	s, err := jose.NewSigner(sk, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		return nil, fmt.Errorf("kbs: admin key: %w", err)
+	}
+	return &AdminSigner{signer: s}, nil
+}
+
+// Token mints a token valid for two minutes from now.
+func (s *AdminSigner) Token(subject string, now time.Time) (string, error) {
+	c := jwt.Claims{
+		Subject:  subject,
+		Audience: jwt.Audience{adminAudience},
+		IssuedAt: jwt.NewNumericDate(now),
+		Expiry:   jwt.NewNumericDate(now.Add(defaultAdminTTL)),
+	}
+	return jwt.Signed(s.signer).Claims(c).Serialize()
+}
+
+// GenerateAdminKey writes an Ed25519 private key (PKCS#8 PEM, mode 0600) to
+// path and its public key (PKIX PEM) to path+".pub"; it refuses to overwrite.
+func GenerateAdminKey(path string) (pubPath string, err error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return "", err
+	}
+	privDER, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return "", err
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "", err
+	}
+	pubPath = path + ".pub"
+	if err := writeNew(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}), 0o600); err != nil {
+		return "", fmt.Errorf("kbs: admin key: %w", err)
+	}
+	if err := writeNew(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644); err != nil {
+		return "", fmt.Errorf("kbs: admin key: %w", err)
+	}
+	return pubPath, nil
+}
+
+// writeNew creates path exclusively with the given mode and syncs it.
+func writeNew(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// readBounded reads a small configuration file (keys, certificates).
+func readBounded(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxAdminKeyFileLen+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxAdminKeyFileLen {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxAdminKeyFileLen)
+	}
+	return data, nil
+}

@@ -1,0 +1,258 @@
+package kbs
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/krun-tee/krun-tee/attest"
+)
+
+// Config is the server configuration file (JSON). Example:
+//
+//	{
+//	  "listen": "0.0.0.0:8443",
+//	  "tls_cert": "/etc/krun-tee-kbs/tls.crt",   // chain incl. the CA guests pin
+//	  "tls_key": "/etc/krun-tee-kbs/tls.key",
+//	  "store": {"type": "bolt", "path": "/var/lib/krun-tee-kbs/kbs.db"},
+//	  //   or {"type": "postgres", "dsn_env": "KBS_PG_DSN"} / {"type":"postgres","dsn":"postgres://..."}
+//	  "kek_file": "/etc/krun-tee-kbs/kek",        // 32 bytes raw or 64 hex chars
+//	  //   or "kek_env": "KRUN_TEE_KBS_KEK"
+//	  "admin_public_key": "/etc/krun-tee-kbs/admin.pub",  // omit: admin API refused
+//	  "token_key_file": "",                       // optional PKCS#8 PEM; default: shared key in the store
+//	  "emulated_roots": [],                       // emulated root dirs to trust (CI/dev only)
+//	  "session_lifetime": "5m",
+//	  "max_body_bytes": 1048576
+//	}
+type Config struct {
+	Listen          string      `json:"listen"`
+	TLSCert         string      `json:"tls_cert,omitempty"`
+	TLSKey          string      `json:"tls_key,omitempty"`
+	Store           StoreConfig `json:"store"`
+	KEKFile         string      `json:"kek_file,omitempty"`
+	KEKEnv          string      `json:"kek_env,omitempty"`
+	AdminPublicKey  string      `json:"admin_public_key,omitempty"`
+	TokenKeyFile    string      `json:"token_key_file,omitempty"`
+	EmulatedRoots   []string    `json:"emulated_roots,omitempty"`
+	SessionLifetime Duration    `json:"session_lifetime,omitempty"`
+	MaxBodyBytes    int64       `json:"max_body_bytes,omitempty"`
+}
+
+// StoreConfig selects the storage backend.
+type StoreConfig struct {
+	Type   string `json:"type"` // "bolt" or "postgres"
+	Path   string `json:"path,omitempty"`
+	DSN    string `json:"dsn,omitempty"`
+	DSNEnv string `json:"dsn_env,omitempty"`
+}
+
+// Duration is a time.Duration written as a Go duration string in JSON.
+type Duration time.Duration
+
+// UnmarshalJSON parses "5m", "30s", ...
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration: want a string like \"5m\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// LoadConfig reads and validates a configuration file; unknown fields are errors.
+func LoadConfig(path string) (*Config, error) {
+	data, err := readBounded(path)
+	if err != nil {
+		return nil, fmt.Errorf("kbs: config: %w", err)
+	}
+	var c Config
+	dec := json.NewDecoder(bytesReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("kbs: config %s: %w", path, err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("kbs: config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// Validate checks the configuration for mistakes that would otherwise show
+// up only at the first request.
+func (c *Config) Validate() error {
+	if c.Listen == "" {
+		return errors.New("listen is required")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("tls_cert and tls_key go together")
+	}
+	switch c.Store.Type {
+	case "bolt":
+		if c.Store.Path == "" {
+			return errors.New("store.path is required for bolt")
+		}
+	case "postgres":
+		if c.Store.DSN == "" && c.Store.DSNEnv == "" {
+			return errors.New("store.dsn or store.dsn_env is required for postgres")
+		}
+	default:
+		return fmt.Errorf("store.type %q: want bolt or postgres", c.Store.Type)
+	}
+	if c.KEKFile == "" && c.KEKEnv == "" {
+		return errors.New("kek_file or kek_env is required (secrets are encrypted at rest)")
+	}
+	if c.MaxBodyBytes < 0 || c.MaxBodyBytes > 16<<20 {
+		return errors.New("max_body_bytes: want 0..16777216")
+	}
+	return nil
+}
+
+// OpenStore opens the configured backend.
+func (c *Config) OpenStore(ctx context.Context) (Store, error) {
+	if c.Store.Type == "bolt" {
+		return OpenBoltStore(c.Store.Path)
+	}
+	dsn := c.Store.DSN
+	if c.Store.DSNEnv != "" {
+		v, ok := os.LookupEnv(c.Store.DSNEnv)
+		if !ok {
+			return nil, fmt.Errorf("kbs: store: environment variable %s not set", c.Store.DSNEnv)
+		}
+		dsn = v
+	}
+	return OpenPostgresStore(ctx, dsn)
+}
+
+// Roots returns AMD's and Intel's roots plus the configured emulated roots.
+func (c *Config) Roots(log *slog.Logger) (*attest.Roots, error) {
+	roots := attest.DefaultRoots()
+	for _, dir := range c.EmulatedRoots {
+		emu, err := attest.LoadEmulatedRoots(dir)
+		if err != nil {
+			return nil, fmt.Errorf("kbs: emulated root %s: %w", dir, err)
+		}
+		log.Warn("KBS TRUSTS AN EMULATED ROOT: evidence from a software TEE will verify; never do this in production", "dir", dir)
+		roots = roots.With(emu)
+	}
+	return roots, nil
+}
+
+// Run starts a server from cfg and serves until ctx ends, then shuts down
+// gracefully. ready, if not nil, receives the bound address once listening.
+func Run(ctx context.Context, cfg *Config, log *slog.Logger, ready func(addr net.Addr)) error {
+	if log == nil {
+		log = slog.Default()
+	}
+	kek, err := LoadKEK(cfg.KEKFile, cfg.KEKEnv)
+	if err != nil {
+		return err
+	}
+	sealer, err := NewSealer(kek)
+	clear(kek)
+	if err != nil {
+		return err
+	}
+	roots, err := cfg.Roots(log)
+	if err != nil {
+		return err
+	}
+	var admin *AdminVerifier
+	if cfg.AdminPublicKey != "" {
+		if admin, err = LoadAdminPublicKey(cfg.AdminPublicKey); err != nil {
+			return err
+		}
+	} else {
+		log.Warn("kbs: no admin_public_key configured; every admin call will be refused")
+	}
+	var tokenKey []byte
+	if cfg.TokenKeyFile != "" {
+		if tokenKey, err = loadPKCS8PEM(cfg.TokenKeyFile); err != nil {
+			return err
+		}
+	}
+	store, err := cfg.OpenStore(ctx)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	srv, err := NewServer(ctx, ServerOptions{Store: store, Sealer: sealer, Verifier: &AttestVerifier{Roots: roots},
+		Admin: admin, TokenKey: tokenKey, SessionLifetime: time.Duration(cfg.SessionLifetime), MaxBody: cfg.MaxBodyBytes, Logger: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("kbs: listen: %w", err)
+	}
+	hs := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("kbs: tls: %w", err)
+		}
+		hs.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+		ln = tls.NewListener(ln, hs.TLSConfig)
+	} else {
+		log.Warn("kbs: serving plain HTTP; use only on loopback or behind a vsock proxy with TLS inside", "listen", ln.Addr().String())
+	}
+	log.Info("kbs listening", "addr", ln.Addr().String(), "tls", cfg.TLSCert != "", "store", cfg.Store.Type,
+		"admin", admin != nil, "emulated_roots", len(cfg.EmulatedRoots))
+	if ready != nil {
+		ready(ln.Addr())
+	}
+	go sweepLoop(ctx, srv, log)
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("kbs: serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("kbs shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		return fmt.Errorf("kbs: shutdown: %w", err)
+	}
+	return nil
+}
+
+func sweepLoop(ctx context.Context, s *Server, log *slog.Logger) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n, err := s.SweepSessions(ctx); err != nil {
+				log.Warn("kbs session sweep failed", "err", err)
+			} else if n > 0 {
+				log.Debug("kbs swept sessions", "count", n)
+			}
+		}
+	}
+}

@@ -1,0 +1,738 @@
+package kbs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// DefaultSessionLifetime is how long a session may take from auth to attest.
+const DefaultSessionLifetime = 5 * time.Minute
+
+// Session states.
+const (
+	stateAuthed   = "authed"   // challenge issued
+	stateConsumed = "consumed" // nonce used by an attest call being verified or refused
+	stateAttested = "attested" // verified; token issued
+)
+
+// session is the per-guest protocol state, stored so any replica can continue it.
+type session struct {
+	ID        string          `json:"id"`
+	TEE       string          `json:"tee"`
+	Nonce     string          `json:"nonce"`
+	State     string          `json:"state"`
+	Created   time.Time       `json:"created"`
+	Expires   time.Time       `json:"expires"`
+	Token     string          `json:"token,omitempty"`
+	Claims    *Claims         `json:"claims,omitempty"`
+	TEEPubKey json.RawMessage `json:"tee_pubkey,omitempty"`
+}
+
+// ServerOptions configures NewServer.
+type ServerOptions struct {
+	Store    Store
+	Sealer   *Sealer
+	Verifier Verifier
+	// Admin authenticates admin calls; nil refuses every admin call.
+	Admin *AdminVerifier
+	// TokenKey is a PKCS#8 P-256 key for attestation tokens. Nil: use the key
+	// kept (sealed) in the store, creating it on first start, so all replicas
+	// sharing a store sign and accept the same tokens.
+	TokenKey        []byte
+	SessionLifetime time.Duration
+	MaxBody         int64
+	Logger          *slog.Logger
+	// Now overrides the clock (tests).
+	Now func() time.Time
+}
+
+// Server is the KBS HTTP server state.
+type Server struct {
+	store    Store
+	sealer   *Sealer
+	verifier Verifier
+	admin    *AdminVerifier
+	tokens   *TokenSigner
+	lifetime time.Duration
+	maxBody  int64
+	log      *slog.Logger
+	now      func() time.Time
+	metrics  *metrics
+	mux      *http.ServeMux
+}
+
+const metaTokenKey = "token-key"
+
+// NewServer builds a server; it loads or creates the token key in the store.
+func NewServer(ctx context.Context, o ServerOptions) (*Server, error) {
+	if o.Store == nil || o.Sealer == nil || o.Verifier == nil {
+		return nil, errors.New("kbs: server needs a store, a sealer and a verifier")
+	}
+	s := &Server{store: o.Store, sealer: o.Sealer, verifier: o.Verifier, admin: o.Admin,
+		lifetime: o.SessionLifetime, maxBody: o.MaxBody, log: o.Logger, now: o.Now, metrics: newMetrics()}
+	if s.lifetime <= 0 {
+		s.lifetime = DefaultSessionLifetime
+	}
+	if s.maxBody <= 0 {
+		s.maxBody = MaxRequestBody
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	key := o.TokenKey
+	if key == nil {
+		var err error
+		if key, err = s.sharedTokenKey(ctx); err != nil {
+			return nil, err
+		}
+	}
+	t, err := NewTokenSigner(key)
+	if err != nil {
+		return nil, err
+	}
+	s.tokens = t
+	s.routes()
+	return s, nil
+}
+
+// sharedTokenKey returns the token key stored in the meta bucket, creating it
+// atomically if no replica has yet.
+func (s *Server) sharedTokenKey(ctx context.Context) ([]byte, error) {
+	var key []byte
+	err := s.store.Update(ctx, bucketMeta, metaTokenKey, func(old []byte) ([]byte, error) {
+		if old != nil {
+			k, err := s.sealer.Open(bucketMeta, metaTokenKey, old)
+			if err != nil {
+				return nil, err
+			}
+			key = k
+			return old, nil
+		}
+		k, err := GenerateTokenKey()
+		if err != nil {
+			return nil, err
+		}
+		key = k
+		return s.sealer.Seal(bucketMeta, metaTokenKey, k)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kbs: token key: %w", err)
+	}
+	return key, nil
+}
+
+// Handler returns the HTTP handler for all routes.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+func (s *Server) routes() {
+	s.mux = http.NewServeMux()
+	add := func(pattern, name string, h func(http.ResponseWriter, *http.Request) int) {
+		s.mux.Handle(pattern, s.instrument(name, h))
+	}
+	add("POST /kbs/v0/auth", "auth", s.handleAuth)
+	add("POST /kbs/v0/attest", "attest", s.handleAttest)
+	add("GET /kbs/v0/resource/{path...}", "resource", s.handleResource)
+	add("POST /kbs/v0/resource/{path...}", "admin_set_resource", s.adminOnly(s.handleSetResource))
+	add("PUT /kbs/v0/resource/{path...}", "admin_set_resource", s.adminOnly(s.handleSetResource))
+	add("DELETE /kbs/v0/resource/{path...}", "admin_delete_resource", s.adminOnly(s.handleDeleteResource))
+	add("PUT /kbs/v0/admin/workload/{id}", "admin_register", s.adminOnly(s.handleRegister))
+	add("DELETE /kbs/v0/admin/workload/{id}", "admin_unregister", s.adminOnly(s.handleUnregister))
+	add("GET /kbs/v0/admin/workloads", "admin_list", s.adminOnly(s.handleList))
+	add("GET /kbs/v0/admin/resources", "admin_resources", s.adminOnly(s.handleListResources))
+	add("GET /kbs/v0/admin/audit", "admin_audit", s.adminOnly(s.handleAudit))
+	add("GET /healthz", "healthz", s.handleHealth)
+	add("GET /metrics", "metrics", func(w http.ResponseWriter, _ *http.Request) int {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		s.metrics.write(w)
+		return http.StatusOK
+	})
+	add("/", "other", func(w http.ResponseWriter, _ *http.Request) int {
+		writeProblem(w, http.StatusNotFound, kindNotFound, "no such endpoint")
+		return http.StatusNotFound
+	})
+}
+
+func (s *Server) instrument(name string, h func(http.ResponseWriter, *http.Request) int) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
+		status := h(w, r)
+		d := time.Since(start)
+		s.metrics.observe(name, status, d)
+		s.log.Debug("kbs request", "route", name, "status", status, "remote", r.RemoteAddr, "duration", d)
+	})
+}
+
+// readBody reads the (already size-limited) body; on failure it writes the
+// problem and returns a status.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, int) {
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeProblem(w, http.StatusRequestEntityTooLarge, kindTooLarge, fmt.Sprintf("request body larger than %d bytes", mbe.Limit))
+			return nil, http.StatusRequestEntityTooLarge
+		}
+		writeProblem(w, http.StatusBadRequest, kindBadRequest, "could not read request body")
+		return nil, http.StatusBadRequest
+	}
+	return b, 0
+}
+
+func (s *Server) audit(ctx context.Context, e AuditEntry) {
+	e.Time = s.now().UTC()
+	if err := s.store.AppendAudit(ctx, e); err != nil {
+		s.log.Error("kbs audit write failed", "err", err, "event", e.Event, "reason", e.Reason)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) int {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+	return status
+}
+
+func newSessionID() string {
+	u := uuid.New()
+	return hex.EncodeToString(u[:])
+}
+
+// validSessionID accepts the cookie value only in the form we issue.
+func validSessionID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil
+}
+
+func (s *Server) handleAuth(w http.ResponseWriter, r *http.Request) int {
+	body, st := readBody(w, r)
+	if st != 0 {
+		return st
+	}
+	req, err := ParseRequest(body)
+	if err != nil {
+		s.metrics.attestation("bad_auth_request")
+		s.log.Info("kbs auth refused", "remote", r.RemoteAddr, "err", err)
+		writeProblem(w, http.StatusUnauthorized, kindAttestationFailed, err.Error())
+		return http.StatusUnauthorized
+	}
+	var nonce [NonceSize]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		writeProblem(w, http.StatusInternalServerError, kindInternal, "")
+		return http.StatusInternalServerError
+	}
+	now := s.now()
+	sess := session{ID: newSessionID(), TEE: req.TEE, Nonce: base64.StdEncoding.EncodeToString(nonce[:]),
+		State: stateAuthed, Created: now, Expires: now.Add(s.lifetime)}
+	v, _ := json.Marshal(sess)
+	if err := s.store.Put(r.Context(), bucketSessions, sess.ID, v); err != nil {
+		s.log.Error("kbs session store failed", "err", err)
+		writeProblem(w, http.StatusServiceUnavailable, kindInternal, "session store unavailable")
+		return http.StatusServiceUnavailable
+	}
+	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: sess.ID, Path: "/kbs/v0", Expires: sess.Expires,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	return writeJSON(w, http.StatusOK, Challenge{Nonce: sess.Nonce, ExtraParams: ""})
+}
+
+// attestFailure is a refusal with a metrics class and an audit reason.
+type attestFailure struct {
+	class  string
+	reason string
+}
+
+func (s *Server) refuseAttest(w http.ResponseWriter, r *http.Request, sessID string, f attestFailure, tee, meas string) int {
+	s.metrics.attestation(f.class)
+	s.log.Info("kbs attestation refused", "remote", r.RemoteAddr, "session", sessID, "class", f.class, "reason", f.reason)
+	s.audit(r.Context(), AuditEntry{Event: AuditRefuse, Who: who(r, sessID), TEE: tee, Measurement: meas, Reason: "attest: " + f.reason})
+	writeProblem(w, http.StatusUnauthorized, kindAttestationFailed, "attestation failed")
+	return http.StatusUnauthorized
+}
+
+func who(r *http.Request, sessID string) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	if sessID == "" {
+		return host
+	}
+	return host + " session " + sessID
+}
+
+var errNonceUsed = errors.New("nonce already used")
+
+func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) int {
+	body, st := readBody(w, r)
+	if st != 0 {
+		return st
+	}
+	c, err := r.Cookie(SessionCookie)
+	if err != nil || !validSessionID(c.Value) {
+		return s.refuseAttest(w, r, "", attestFailure{"no_session", "no valid session cookie"}, "", "")
+	}
+	sid := c.Value
+	att, err := ParseAttestation(body)
+	if err != nil {
+		return s.refuseAttest(w, r, sid, attestFailure{"bad_request", err.Error()}, "", "")
+	}
+	now := s.now()
+	// Consume the nonce first, atomically: whatever the verification outcome,
+	// this challenge can never be answered again.
+	var sess session
+	err = s.store.Update(r.Context(), bucketSessions, sid, func(old []byte) ([]byte, error) {
+		if old == nil {
+			return nil, errors.New("unknown session")
+		}
+		if err := json.Unmarshal(old, &sess); err != nil {
+			return nil, fmt.Errorf("corrupt session: %w", err)
+		}
+		if !now.Before(sess.Expires) {
+			return nil, errors.New("session expired")
+		}
+		if sess.State != stateAuthed {
+			return nil, errNonceUsed
+		}
+		if att.RuntimeData.Nonce != sess.Nonce {
+			return nil, errors.New("nonce does not match the session's challenge")
+		}
+		sess.State = stateConsumed
+		return json.Marshal(sess)
+	})
+	if err != nil {
+		class := "session"
+		if errors.Is(err, errNonceUsed) {
+			class = "nonce_reused"
+		}
+		return s.refuseAttest(w, r, sid, attestFailure{class, err.Error()}, sess.TEE, "")
+	}
+	rd, err := bindReportData(att.RuntimeData.Nonce, att.RuntimeData.TEEPubKey, att.TEEEvidence.AdditionalEvidence)
+	if err != nil {
+		return s.refuseAttest(w, r, sid, attestFailure{"bad_request", err.Error()}, sess.TEE, "")
+	}
+	meas, err := s.registeredMeasurements(r.Context(), sess.TEE)
+	if err != nil {
+		s.log.Error("kbs workload read failed", "err", err)
+		writeProblem(w, http.StatusServiceUnavailable, kindInternal, "store unavailable")
+		return http.StatusServiceUnavailable
+	}
+	if len(meas) == 0 {
+		return s.refuseAttest(w, r, sid, attestFailure{"no_reference_values", "no workload registered for tee " + sess.TEE}, sess.TEE, "")
+	}
+	claims, err := s.verifier.Verify(r.Context(), &VerifyRequest{TEE: sess.TEE, Evidence: att.TEEEvidence.PrimaryEvidence,
+		ReportData: rd, Measurements: meas, Now: now})
+	if err != nil {
+		return s.refuseAttest(w, r, sid, attestFailure{"evidence", err.Error()}, sess.TEE, "")
+	}
+	if claims.TEE != sess.TEE {
+		return s.refuseAttest(w, r, sid, attestFailure{"evidence", "claims for tee " + claims.TEE}, sess.TEE, claims.Measurement)
+	}
+	rdc := RuntimeDataClaims{Nonce: att.RuntimeData.Nonce, TEEPubKey: att.RuntimeData.TEEPubKey, AdditionalEvidence: att.TEEEvidence.AdditionalEvidence}
+	token, err := s.tokens.Issue(claims, rdc, now)
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, kindInternal, "")
+		return http.StatusInternalServerError
+	}
+	sess.State, sess.Token, sess.Claims, sess.TEEPubKey = stateAttested, token, claims, att.RuntimeData.TEEPubKey
+	sess.Expires = now.Add(TokenLifetime)
+	v, _ := json.Marshal(sess)
+	if err := s.store.Put(r.Context(), bucketSessions, sid, v); err != nil {
+		s.log.Error("kbs session store failed", "err", err)
+		writeProblem(w, http.StatusServiceUnavailable, kindInternal, "session store unavailable")
+		return http.StatusServiceUnavailable
+	}
+	s.metrics.attestation("ok")
+	s.log.Info("kbs attestation verified", "remote", r.RemoteAddr, "session", sid, "tee", claims.TEE,
+		"measurement", claims.Measurement, "emulated", claims.Emulated)
+	s.audit(r.Context(), AuditEntry{Event: AuditAttest, Who: who(r, sid), TEE: claims.TEE, Measurement: claims.Measurement, Reason: "verified"})
+	return writeJSON(w, http.StatusOK, TokenResponse{Token: token})
+}
+
+// registeredMeasurements collects every measurement registered for tee.
+func (s *Server) registeredMeasurements(ctx context.Context, tee string) ([][]byte, error) {
+	wls, err := s.workloads(ctx)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out [][]byte
+	for _, w := range wls {
+		if w.TEE != tee {
+			continue
+		}
+		for _, m := range w.Measurements {
+			if seen[m] {
+				continue
+			}
+			seen[m] = true
+			b, err := hex.DecodeString(m)
+			if err == nil {
+				out = append(out, b)
+			}
+		}
+	}
+	return out, nil
+}
+
+func (s *Server) workloads(ctx context.Context) ([]*Workload, error) {
+	ids, err := s.store.List(ctx, bucketWorkloads)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Workload, 0, len(ids))
+	for _, id := range ids {
+		v, err := s.store.Get(ctx, bucketWorkloads, id)
+		if errors.Is(err, ErrNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		var w Workload
+		if err := json.Unmarshal(v, &w); err != nil {
+			return nil, fmt.Errorf("workload %s: %w", id, err)
+		}
+		out = append(out, &w)
+	}
+	return out, nil
+}
+
+// resourceDenied is the one answer for every refused resource request, so a
+// caller cannot tell a missing secret from a forbidden one.
+func resourceDenied(w http.ResponseWriter) int {
+	writeProblem(w, http.StatusUnauthorized, kindUnauthorized, "resource not available")
+	return http.StatusUnauthorized
+}
+
+// attestedCaller finds the claims and TEE key behind a resource request:
+// a bearer attestation token or an attested, unexpired session cookie.
+func (s *Server) attestedCaller(r *http.Request) (claims *Claims, key *TEEPubKey, sid string, err error) {
+	now := s.now()
+	if h := r.Header.Get("Authorization"); h != "" {
+		tok, ok := strings.CutPrefix(h, "Bearer ")
+		if !ok {
+			return nil, nil, "", errors.New("authorization is not a bearer token")
+		}
+		c, k, err := s.tokens.Check(strings.TrimSpace(tok), now)
+		return c, k, "", err
+	}
+	c, err := r.Cookie(SessionCookie)
+	if err != nil || !validSessionID(c.Value) {
+		return nil, nil, "", errors.New("no attestation token and no valid session cookie")
+	}
+	sid = c.Value
+	v, err := s.store.Get(r.Context(), bucketSessions, sid)
+	if err != nil {
+		return nil, nil, sid, fmt.Errorf("session: %w", err)
+	}
+	var sess session
+	if err := json.Unmarshal(v, &sess); err != nil {
+		return nil, nil, sid, fmt.Errorf("corrupt session: %w", err)
+	}
+	if sess.State != stateAttested || sess.Claims == nil {
+		return nil, nil, sid, errors.New("session not attested")
+	}
+	if !now.Before(sess.Expires) {
+		return nil, nil, sid, errors.New("session expired")
+	}
+	k, err := ParseTEEPubKey(sess.TEEPubKey)
+	if err != nil {
+		return nil, nil, sid, err
+	}
+	return sess.Claims, k, sid, nil
+}
+
+func (s *Server) handleResource(w http.ResponseWriter, r *http.Request) int {
+	claims, key, sid, err := s.attestedCaller(r)
+	path := r.PathValue("path")
+	if err != nil {
+		s.audit(r.Context(), AuditEntry{Event: AuditRefuse, Who: who(r, sid), Resource: truncate(path, 200), Reason: "resource: " + err.Error()})
+		return resourceDenied(w)
+	}
+	refuse := func(reason, workload string) int {
+		s.log.Info("kbs resource refused", "remote", r.RemoteAddr, "session", sid, "resource", truncate(path, 200), "reason", reason)
+		s.audit(r.Context(), AuditEntry{Event: AuditRefuse, Who: who(r, sid), Resource: truncate(path, 200), Workload: workload,
+			TEE: claims.TEE, Measurement: claims.Measurement, Reason: "resource: " + reason})
+		return resourceDenied(w)
+	}
+	canon, err := ParseResourcePath(path)
+	if err != nil {
+		return refuse(err.Error(), "")
+	}
+	wls, err := s.workloads(r.Context())
+	if err != nil {
+		s.log.Error("kbs workload read failed", "err", err)
+		writeProblem(w, http.StatusServiceUnavailable, kindInternal, "store unavailable")
+		return http.StatusServiceUnavailable
+	}
+	var matched *Workload
+	var reasons []string
+	for _, wl := range wls {
+		if !wl.Releases(canon) {
+			continue
+		}
+		if err := wl.Match(claims); err != nil {
+			reasons = append(reasons, wl.ID+": "+err.Error())
+			continue
+		}
+		matched = wl
+		break
+	}
+	if matched == nil {
+		if len(reasons) == 0 {
+			return refuse("no workload lists this resource", "")
+		}
+		return refuse(strings.Join(reasons, "; "), "")
+	}
+	sealed, err := s.store.Get(r.Context(), bucketResources, canon)
+	if errors.Is(err, ErrNotFound) {
+		return refuse("resource not set", matched.ID)
+	}
+	if err != nil {
+		s.log.Error("kbs resource read failed", "err", err)
+		writeProblem(w, http.StatusServiceUnavailable, kindInternal, "store unavailable")
+		return http.StatusServiceUnavailable
+	}
+	secret, err := s.sealer.Open(bucketResources, canon, sealed)
+	if err != nil {
+		s.log.Error("kbs resource unseal failed", "resource", canon, "err", err)
+		return refuse("resource cannot be unsealed", matched.ID)
+	}
+	jwe, err := EncryptResource(key, secret)
+	clear(secret)
+	if err != nil {
+		return refuse(err.Error(), matched.ID)
+	}
+	s.metrics.release()
+	s.log.Info("kbs resource released", "remote", r.RemoteAddr, "session", sid, "resource", canon, "workload", matched.ID)
+	s.audit(r.Context(), AuditEntry{Event: AuditRelease, Who: who(r, sid), Resource: canon, Workload: matched.ID,
+		TEE: claims.TEE, Measurement: claims.Measurement, Reason: "reference values matched"})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(jwe)
+	return http.StatusOK
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) int {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if _, err := s.store.Get(ctx, bucketMeta, metaTokenKey); err != nil {
+		writeProblem(w, http.StatusServiceUnavailable, kindInternal, "store unavailable")
+		return http.StatusServiceUnavailable
+	}
+	return writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// --- admin ---
+
+type adminHandler func(w http.ResponseWriter, r *http.Request, subject string) int
+
+func (s *Server) adminOnly(h adminHandler) func(http.ResponseWriter, *http.Request) int {
+	return func(w http.ResponseWriter, r *http.Request) int {
+		refuse := func(reason string) int {
+			s.log.Warn("kbs admin call refused", "remote", r.RemoteAddr, "method", r.Method, "path", truncate(r.URL.Path, 200), "reason", reason)
+			s.audit(r.Context(), AuditEntry{Event: AuditRefuse, Who: who(r, ""), Resource: truncate(r.Method+" "+r.URL.Path, 200), Reason: "admin: " + reason})
+			writeProblem(w, http.StatusUnauthorized, kindUnauthorized, "admin authentication failed")
+			return http.StatusUnauthorized
+		}
+		if s.admin == nil {
+			return refuse("admin API disabled (no admin key configured)")
+		}
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			return refuse("no bearer token")
+		}
+		sub, err := s.admin.Check(strings.TrimSpace(tok), s.now())
+		if err != nil {
+			return refuse(err.Error())
+		}
+		if sub == "" {
+			sub = "admin"
+		}
+		return h(w, r, sub)
+	}
+}
+
+func (s *Server) adminAudit(r *http.Request, subject, what, target string) {
+	s.log.Info("kbs admin change", "subject", subject, "what", what, "target", target, "remote", r.RemoteAddr)
+	s.audit(r.Context(), AuditEntry{Event: AuditAdmin, Who: "admin " + truncate(subject, 64) + " from " + who(r, ""), Resource: target, Reason: what})
+}
+
+func storeFailed(w http.ResponseWriter, s *Server, err error) int {
+	s.log.Error("kbs store write failed", "err", err)
+	writeProblem(w, http.StatusServiceUnavailable, kindInternal, "store unavailable")
+	return http.StatusServiceUnavailable
+}
+
+func (s *Server) handleSetResource(w http.ResponseWriter, r *http.Request, sub string) int {
+	canon, err := ParseResourcePath(r.PathValue("path"))
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, kindBadRequest, err.Error())
+		return http.StatusBadRequest
+	}
+	body, st := readBody(w, r)
+	if st != 0 {
+		return st
+	}
+	if len(body) == 0 {
+		writeProblem(w, http.StatusBadRequest, kindBadRequest, "empty resource")
+		return http.StatusBadRequest
+	}
+	sealed, err := s.sealer.Seal(bucketResources, canon, body)
+	clear(body)
+	if err != nil {
+		return storeFailed(w, s, err)
+	}
+	if err := s.store.Put(r.Context(), bucketResources, canon, sealed); err != nil {
+		return storeFailed(w, s, err)
+	}
+	s.adminAudit(r, sub, "set resource", canon)
+	w.WriteHeader(http.StatusNoContent)
+	return http.StatusNoContent
+}
+
+func (s *Server) handleDeleteResource(w http.ResponseWriter, r *http.Request, sub string) int {
+	canon, err := ParseResourcePath(r.PathValue("path"))
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, kindBadRequest, err.Error())
+		return http.StatusBadRequest
+	}
+	existed, err := s.store.Delete(r.Context(), bucketResources, canon)
+	if err != nil {
+		return storeFailed(w, s, err)
+	}
+	if !existed {
+		writeProblem(w, http.StatusNotFound, kindNotFound, "no such resource")
+		return http.StatusNotFound
+	}
+	s.adminAudit(r, sub, "delete resource", canon)
+	w.WriteHeader(http.StatusNoContent)
+	return http.StatusNoContent
+}
+
+func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request, sub string) int {
+	body, st := readBody(w, r)
+	if st != 0 {
+		return st
+	}
+	var wl Workload
+	if err := decodeStrict(body, &wl); err != nil {
+		writeProblem(w, http.StatusBadRequest, kindBadRequest, "workload: "+err.Error())
+		return http.StatusBadRequest
+	}
+	if wl.ID == "" {
+		wl.ID = r.PathValue("id")
+	}
+	if wl.ID != r.PathValue("id") {
+		writeProblem(w, http.StatusBadRequest, kindBadRequest, "workload id in body and path differ")
+		return http.StatusBadRequest
+	}
+	if err := wl.Validate(); err != nil {
+		writeProblem(w, http.StatusBadRequest, kindBadRequest, err.Error())
+		return http.StatusBadRequest
+	}
+	wl.Updated = s.now().UTC()
+	v, _ := json.Marshal(wl)
+	if err := s.store.Put(r.Context(), bucketWorkloads, wl.ID, v); err != nil {
+		return storeFailed(w, s, err)
+	}
+	s.adminAudit(r, sub, "register workload", wl.ID)
+	return writeJSON(w, http.StatusOK, wl)
+}
+
+func (s *Server) handleUnregister(w http.ResponseWriter, r *http.Request, sub string) int {
+	id := r.PathValue("id")
+	existed, err := s.store.Delete(r.Context(), bucketWorkloads, id)
+	if err != nil {
+		return storeFailed(w, s, err)
+	}
+	if !existed {
+		writeProblem(w, http.StatusNotFound, kindNotFound, "no such workload")
+		return http.StatusNotFound
+	}
+	s.adminAudit(r, sub, "unregister workload", truncate(id, 128))
+	w.WriteHeader(http.StatusNoContent)
+	return http.StatusNoContent
+}
+
+func (s *Server) handleList(w http.ResponseWriter, r *http.Request, _ string) int {
+	wls, err := s.workloads(r.Context())
+	if err != nil {
+		return storeFailed(w, s, err)
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"workloads": wls})
+}
+
+func (s *Server) handleListResources(w http.ResponseWriter, r *http.Request, _ string) int {
+	keys, err := s.store.List(r.Context(), bucketResources)
+	if err != nil {
+		return storeFailed(w, s, err)
+	}
+	if keys == nil {
+		keys = []string{}
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"resources": keys})
+}
+
+func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request, _ string) int {
+	q := r.URL.Query()
+	after, limit := int64(0), 100
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			writeProblem(w, http.StatusBadRequest, kindBadRequest, "after: want a non-negative integer")
+			return http.StatusBadRequest
+		}
+		after = n
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 || n > maxAuditPage {
+			writeProblem(w, http.StatusBadRequest, kindBadRequest, fmt.Sprintf("limit: want 1..%d", maxAuditPage))
+			return http.StatusBadRequest
+		}
+		limit = n
+	}
+	entries, err := s.store.ListAudit(r.Context(), after, limit)
+	if err != nil {
+		return storeFailed(w, s, err)
+	}
+	if entries == nil {
+		entries = []AuditEntry{}
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"entries": entries})
+}
+
+// SweepSessions deletes expired sessions; Run calls it every minute.
+func (s *Server) SweepSessions(ctx context.Context) (int, error) {
+	now := s.now()
+	return s.store.Sweep(ctx, bucketSessions, func(v []byte) bool {
+		var sess session
+		if json.Unmarshal(v, &sess) != nil {
+			return true
+		}
+		return !now.Before(sess.Expires)
+	})
+}
