@@ -1,0 +1,188 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"time"
+
+	"github.com/krun-tee/krun-tee/init/workload"
+	"golang.org/x/sys/unix"
+)
+
+// newRoot is where the root disk is mounted before init switches to it.
+const newRoot = "/newroot"
+
+// maxCmdlineRead bounds the read of /proc/cmdline.
+const maxCmdlineRead = maxCmdline + 1
+
+// guest tracks which shutdown steps are owed.
+type guest struct {
+	console     io.Writer
+	rootMounted bool // the root disk is mounted at newRoot
+	switched    bool // and is now /
+}
+
+func main() {
+	if os.Getpid() != 1 {
+		// Everything below (mounts, chroot, kill(-1), poweroff) is only
+		// safe as the first process of a guest.
+		fmt.Fprintln(os.Stderr, "krun-init: must run as PID 1 inside the guest")
+		os.Exit(2)
+	}
+	g := &guest{console: os.Stderr}
+	status := g.run()
+	g.shutdown(status)
+}
+
+// run performs the boot steps and the workload, returning the status to report.
+func (g *guest) run() (status int) {
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(g.console, "krun-init: internal: panic: %v\n", r)
+			status = statusExec
+		}
+	}()
+	status, err := g.boot()
+	if err != nil {
+		fmt.Fprintln(g.console, err.Error())
+		return statusOf(err)
+	}
+	return status
+}
+
+func (g *guest) boot() (int, error) {
+	if err := mountBase(); err != nil {
+		return 0, fail("setup", statusSetup, err)
+	}
+	raw, err := readBounded("/proc/cmdline", maxCmdlineRead)
+	if err != nil {
+		return 0, fail("setup", statusSetup, err)
+	}
+	bc, err := parseCmdline(string(raw))
+	if err != nil {
+		return 0, fail("setup", statusSetup, fmt.Errorf("/proc/cmdline: %w", err))
+	}
+
+	if err := waitForBlockDevice(bc.Root, bc.RootWait); err != nil {
+		return 0, fail("root", statusRoot, err)
+	}
+	if err := mountFS(bc.Root, newRoot, bc.RootFSType, 0, ""); err != nil {
+		return 0, fail("root", statusRoot, err)
+	}
+	g.rootMounted = true
+
+	data, err := readBounded(newRoot+workload.Path, 1<<20+1)
+	if err != nil {
+		return 0, fail("config", statusConfig, err)
+	}
+	cfg, err := workload.Parse(data)
+	if err != nil {
+		return 0, fail("config", statusConfig, err)
+	}
+
+	for _, m := range baseMounts {
+		if err := moveMount(m.target, newRoot+m.target); err != nil {
+			return 0, fail("switch-root", statusSwitchRoot, err)
+		}
+	}
+	if err := switchRoot(newRoot); err != nil {
+		return 0, fail("switch-root", statusSwitchRoot, err)
+	}
+	g.switched = true
+
+	spec, err := buildExecSpec(cfg, os.Stat)
+	if err != nil {
+		return 0, err
+	}
+	console, err := os.OpenFile("/dev/console", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return 0, fail("exec", statusExec, err)
+	}
+	defer console.Close()
+
+	// Subscribe before the fork: an exit between fork and Notify would
+	// otherwise be noticed only by the poll.
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, append([]os.Signal{unix.SIGCHLD}, forwardedSignals...)...)
+	defer signal.Stop(sigs)
+
+	pid, err := startWorkload(spec, console)
+	if err != nil {
+		return 0, fail("exec", execErrorStatus(err), err)
+	}
+	s := &supervisor{
+		child: pid, wait4: wait4, kill: killProcess, killAll: killAllButInit,
+		grace: 2 * time.Second, poll: 500 * time.Millisecond,
+	}
+	return s.run(sigs), nil
+}
+
+// baseMount is one of the API filesystems init mounts before the root.
+type baseMount struct {
+	source, target, fstype string
+	flags                  uintptr
+	data                   string
+}
+
+var baseMounts = []baseMount{
+	{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+	{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+}
+
+func mountBase() error {
+	for _, m := range baseMounts {
+		if err := mountFS(m.source, m.target, m.fstype, m.flags, m.data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readBounded reads at most limit-1 bytes of name, failing if it is larger.
+func readBounded(name string, limit int64) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if int64(len(data)) >= limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes", name, limit-1)
+	}
+	return data, nil
+}
+
+// shutdown flushes and detaches the root, reports status to the VMM and
+// powers off. It never returns: PID 1 exiting would panic the kernel.
+func (g *guest) shutdown(status int) {
+	syncAll()
+	switch {
+	case g.switched:
+		if err := remountReadOnly("/"); err != nil {
+			// sync(2) has written the data; only the clean flag is at
+			// stake, so the workload's status stands.
+			fmt.Fprintf(g.console, "krun-init: unmount: %v\n", err)
+		}
+	case g.rootMounted:
+		if err := unmount(newRoot); err != nil {
+			fmt.Fprintf(g.console, "krun-init: unmount: %v\n", err)
+		}
+	}
+	syncAll()
+	if err := reportExitStatus(byte(status)); err != nil {
+		fmt.Fprintf(g.console, "krun-init: report: %v\n", err)
+	}
+	if err := powerOff(); err != nil {
+		fmt.Fprintf(g.console, "krun-init: poweroff: %v\n", err)
+	}
+	for {
+		time.Sleep(time.Hour)
+	}
+}
