@@ -44,9 +44,11 @@ func claimsFromAttest(c *attest.Claims) *Claims {
 	}
 	switch c.TEE {
 	case attest.SNP:
-		out.TCB = []uint8{c.TCB.Bootloader, c.TCB.TEE, c.TCB.SNP, c.TCB.Microcode}
+		out.TCB = []int{int(c.TCB.Bootloader), int(c.TCB.TEE), int(c.TCB.SNP), int(c.TCB.Microcode)}
 	case attest.TDX:
-		out.TCB = append([]uint8(nil), c.TCB.TeeTcbSvn[:]...)
+		for _, v := range c.TCB.TeeTcbSvn {
+			out.TCB = append(out.TCB, int(v))
+		}
 		if c.TDX != nil {
 			out.RTMRs = append([]string(nil), c.TDX.RTMRs[:]...)
 		}

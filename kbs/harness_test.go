@@ -79,7 +79,7 @@ func fakeFixture() teeFixture {
 				if !ok {
 					return nil, errors.New("measurement not allowed")
 				}
-				return &Claims{TEE: req.TEE, Measurement: ev.Measurement, ReportData: ev.ReportData, TCB: []uint8{3, 0, 14, 209}, Emulated: true}, nil
+				return &Claims{TEE: req.TEE, Measurement: ev.Measurement, ReportData: ev.ReportData, TCB: []int{3, 0, 14, 209}, Emulated: true}, nil
 			})
 		},
 		tamper: func(t testing.TB, ev []byte) []byte {

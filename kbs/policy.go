@@ -22,7 +22,7 @@ type Workload struct {
 	// empty entry matches any value. Empty list: RTMRs are not checked.
 	RTMRs [][]string `json:"rtmrs,omitempty"`
 	// MinTCB is the minimum TCB, component by component (see Claims.TCB).
-	MinTCB []uint8 `json:"min_tcb,omitempty"`
+	MinTCB []int `json:"min_tcb,omitempty"`
 	// HostData, when set, must equal SNP HOST_DATA / TDX MRCONFIGID (hex).
 	HostData string `json:"host_data,omitempty"`
 	// Resources are the resource paths released to this workload.
@@ -87,6 +87,11 @@ func (w *Workload) Validate() error {
 	}
 	if len(w.MinTCB) != 0 && len(w.MinTCB) != want {
 		return fmt.Errorf("workload %s: min tcb has %d components, want %d for %s", w.ID, len(w.MinTCB), want, w.TEE)
+	}
+	for i, v := range w.MinTCB {
+		if v < 0 || v > 255 {
+			return fmt.Errorf("workload %s: min tcb component %d is %d, want 0..255", w.ID, i, v)
+		}
 	}
 	if w.HostData != "" {
 		n := snpHostDataLen
@@ -201,7 +206,7 @@ func matchRTMRs(sets [][]string, got []string) bool {
 
 // ParseTCB parses a comma-separated list of decimal TCB components
 // ("3,0,14,209" for SNP bootloader,tee,snp,microcode).
-func ParseTCB(s string) ([]uint8, error) {
+func ParseTCB(s string) ([]int, error) {
 	if s == "" {
 		return nil, nil
 	}
@@ -209,13 +214,13 @@ func ParseTCB(s string) ([]uint8, error) {
 	if len(parts) > tdxTCBParts {
 		return nil, fmt.Errorf("tcb: %d components, at most %d", len(parts), tdxTCBParts)
 	}
-	out := make([]uint8, len(parts))
+	out := make([]int, len(parts))
 	for i, p := range parts {
 		v, err := strconv.ParseUint(strings.TrimSpace(p), 10, 8)
 		if err != nil {
 			return nil, fmt.Errorf("tcb component %d %q: want 0..255", i, truncate(p, 16))
 		}
-		out[i] = uint8(v)
+		out[i] = int(v)
 	}
 	return out, nil
 }

@@ -18,7 +18,7 @@ type Claims struct {
 	HostData string `json:"host_data,omitempty"`
 	// TCB lists the TCB components in a fixed order (SNP reported TCB:
 	// bootloader, tee, snp, microcode; TDX: the 16 TEE_TCB_SVN bytes).
-	TCB []uint8 `json:"tcb,omitempty"`
+	TCB []int `json:"tcb,omitempty"`
 	// Debug is true when the guest policy/attributes allow debugging.
 	Debug bool `json:"debug"`
 	// Emulated is true when the evidence chains to an emulated root.

@@ -1,0 +1,362 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/krun-tee/krun-tee/kbs"
+)
+
+func init() {
+	register(command{name: "kbs", summary: "key broker service: serve, admin calls, admin key generation", run: runKBS})
+}
+
+const kbsUsage = `usage:
+  krun-tee kbs serve --config FILE
+  krun-tee kbs serve --dev --listen 127.0.0.1:PORT --state DIR
+  krun-tee kbs admin --kbs URL --admin-key FILE [--ca FILE] <verb> ...
+      set-resource PATH --file F
+      delete-resource PATH
+      register --workload ID --tee snp|tdx --measurement HEX [--measurement HEX]...
+               [--rtmr HEX,HEX,HEX,HEX]... [--min-tcb N,N,...] [--host-data HEX]
+               [--allow-emulated] --resource PATH [--resource PATH]...
+      unregister --workload ID
+      list
+      audit [--after N] [--limit N]
+  krun-tee kbs admin-key gen --out FILE
+`
+
+func runKBS(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, kbsUsage)
+		return usagef("missing kbs verb")
+	}
+	switch args[0] {
+	case "serve":
+		return kbsServe(ctx, args[1:], os.Stderr)
+	case "admin":
+		return kbsAdmin(ctx, args[1:], os.Stdout, os.Stderr)
+	case "admin-key":
+		return kbsAdminKey(args[1:], os.Stdout, os.Stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(os.Stdout, kbsUsage)
+		return nil
+	}
+	fmt.Fprint(os.Stderr, kbsUsage)
+	return usagef("unknown kbs verb %q", args[0])
+}
+
+func kbsServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("kbs serve", "kbs serve --config FILE | --dev --listen ADDR --state DIR", stderr)
+	config := fs.String("config", "", "configuration file (JSON, see kbs.Config)")
+	dev := fs.Bool("dev", false, "development mode: embedded store, generated admin key and emulated root in --state (loopback only)")
+	listen := fs.String("listen", "127.0.0.1:8080", "listen address (dev mode)")
+	state := fs.String("state", "", "state directory (dev mode)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("unexpected arguments %q", fs.Args())
+	}
+	var cfg *kbs.Config
+	switch {
+	case *dev && *config != "":
+		return usagef("--dev and --config are exclusive")
+	case *dev:
+		if *state == "" {
+			return usagef("--dev needs --state DIR")
+		}
+		c, err := devConfig(*listen, *state)
+		if err != nil {
+			return err
+		}
+		cfg = c
+	case *config != "":
+		c, err := kbs.LoadConfig(*config)
+		if err != nil {
+			return err
+		}
+		cfg = c
+	default:
+		return usagef("need --config FILE or --dev")
+	}
+	return kbs.Run(ctx, cfg, slog.Default(), nil)
+}
+
+// devConfig prepares DIR for development mode and says loudly what it did.
+func devConfig(listen, dir string) (*kbs.Config, error) {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, usagef("--listen %q: %v", listen, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, usagef("--dev refuses the non-loopback listen address %q (dev mode trusts an emulated root and serves plain HTTP)", listen)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("kbs dev: %w", err)
+	}
+	log := slog.Default()
+	keyPath := filepath.Join(dir, "admin.key")
+	if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
+		if _, err := kbs.GenerateAdminKey(keyPath); err != nil {
+			return nil, err
+		}
+		log.Warn("KBS DEV MODE: generated an admin key", "private", keyPath, "public", keyPath+".pub")
+	}
+	kekPath := filepath.Join(dir, "kek")
+	if _, err := os.Stat(kekPath); errors.Is(err, os.ErrNotExist) {
+		kek := make([]byte, kbs.KEKSize)
+		if _, err := randRead(kek); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(kekPath, []byte(hex.EncodeToString(kek)+"\n"), 0o600); err != nil {
+			return nil, fmt.Errorf("kbs dev: %w", err)
+		}
+		log.Warn("KBS DEV MODE: generated a key-encryption key", "file", kekPath)
+	}
+	rootDir := filepath.Join(dir, "emulated-root")
+	if err := ensureEmulatedRoot(rootDir); err != nil {
+		return nil, err
+	}
+	log.Warn("KBS DEV MODE: trusting the emulated root of trust; evidence from the emulated TEE will be accepted. NEVER use in production",
+		"root", rootDir, "listen", listen)
+	return &kbs.Config{
+		Listen:         listen,
+		Store:          kbs.StoreConfig{Type: "bolt", Path: filepath.Join(dir, "kbs.db")},
+		KEKFile:        kekPath,
+		AdminPublicKey: keyPath + ".pub",
+		EmulatedRoots:  []string{rootDir},
+	}, nil
+}
+
+func kbsAdminKey(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "gen" {
+		return usagef("usage: krun-tee kbs admin-key gen --out FILE")
+	}
+	fs := newFlagSet("kbs admin-key gen", "kbs admin-key gen --out FILE", stderr)
+	out := fs.String("out", "", "private key file to create (mode 0600); the public key goes to FILE.pub")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if *out == "" || fs.NArg() != 0 {
+		return usagef("need --out FILE")
+	}
+	pub, err := kbs.GenerateAdminKey(*out)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "private key: %s\npublic key:  %s (configure it as admin_public_key)\n", *out, pub)
+	return nil
+}
+
+func kbsAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("kbs admin", "kbs admin --kbs URL --admin-key FILE [--ca FILE] <verb> ...", stderr)
+	url := fs.String("kbs", "", "KBS base URL")
+	keyFile := fs.String("admin-key", "", "admin private key (PEM PKCS#8, Ed25519 or P-256)")
+	caFile := fs.String("ca", "", "CA certificate (PEM) to verify the KBS's TLS certificate; default: system roots")
+	subject := fs.String("subject", "", "operator name recorded in the audit log (default: $USER)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *url == "" || *keyFile == "" {
+		return usagef("need --kbs URL and --admin-key FILE")
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return usagef("missing admin verb (set-resource, delete-resource, register, unregister, list, audit)")
+	}
+	signer, err := kbs.LoadAdminPrivateKey(*keyFile)
+	if err != nil {
+		return err
+	}
+	hc := &http.Client{Timeout: 30 * time.Second}
+	if *caFile != "" {
+		pem, err := os.ReadFile(*caFile)
+		if err != nil {
+			return fmt.Errorf("--ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--ca %s: no PEM certificate", *caFile)
+		}
+		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	}
+	sub := *subject
+	if sub == "" {
+		sub = os.Getenv("USER")
+	}
+	ac := &kbs.AdminClient{URL: *url, Signer: signer, Subject: sub, HTTP: hc}
+	verb, vargs := rest[0], rest[1:]
+	switch verb {
+	case "set-resource":
+		vfs := newFlagSet("kbs admin set-resource", "kbs admin ... set-resource PATH --file F", stderr)
+		file := vfs.String("file", "", "file holding the secret")
+		path, err := parseWithPath(vfs, vargs)
+		if err != nil {
+			return err
+		}
+		if *file == "" {
+			return usagef("set-resource needs --file F")
+		}
+		secret, err := os.ReadFile(*file)
+		if err != nil {
+			return err
+		}
+		if err := ac.SetResource(ctx, path, secret); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "resource %s set (%d bytes)\n", path, len(secret))
+		return nil
+	case "delete-resource":
+		vfs := newFlagSet("kbs admin delete-resource", "kbs admin ... delete-resource PATH", stderr)
+		path, err := parseWithPath(vfs, vargs)
+		if err != nil {
+			return err
+		}
+		if err := ac.DeleteResource(ctx, path); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "resource %s deleted\n", path)
+		return nil
+	case "register":
+		w, err := parseRegister(vargs, stderr)
+		if err != nil {
+			return err
+		}
+		got, err := ac.Register(ctx, w)
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, got)
+	case "unregister":
+		vfs := newFlagSet("kbs admin unregister", "kbs admin ... unregister --workload ID", stderr)
+		id := vfs.String("workload", "", "workload id")
+		if err := vfs.Parse(vargs); err != nil {
+			return err
+		}
+		if *id == "" || vfs.NArg() != 0 {
+			return usagef("unregister needs --workload ID")
+		}
+		if err := ac.Unregister(ctx, *id); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "workload %s unregistered\n", *id)
+		return nil
+	case "list":
+		if len(vargs) != 0 {
+			return usagef("list takes no arguments")
+		}
+		wls, err := ac.Workloads(ctx)
+		if err != nil {
+			return err
+		}
+		res, err := ac.Resources(ctx)
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, map[string]any{"workloads": wls, "resources": res})
+	case "audit":
+		vfs := newFlagSet("kbs admin audit", "kbs admin ... audit [--after N] [--limit N]", stderr)
+		after := vfs.Int64("after", 0, "only entries with a larger id")
+		limit := vfs.Int("limit", 100, "at most this many entries (1..1000)")
+		if err := vfs.Parse(vargs); err != nil {
+			return err
+		}
+		entries, err := ac.Audit(ctx, *after, *limit)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			fmt.Fprintf(stdout, "%d\t%s\t%s\t%s\t%s\t%s\n", e.ID, e.Time.Format(time.RFC3339), e.Event, e.Who,
+				orDash(e.Resource), orDash(e.Reason))
+		}
+		return nil
+	}
+	return usagef("unknown admin verb %q", verb)
+}
+
+// parseWithPath accepts the resource path before or after the flags.
+func parseWithPath(fs interface {
+	Parse([]string) error
+	Args() []string
+}, args []string) (string, error) {
+	var path string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		path, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return "", err
+	}
+	rest := fs.Args()
+	if path == "" && len(rest) == 1 {
+		path, rest = rest[0], nil
+	}
+	if path == "" || len(rest) != 0 {
+		return "", usagef("need exactly one resource PATH (repo/type/tag)")
+	}
+	return kbs.ParseResourcePath(path)
+}
+
+func parseRegister(args []string, stderr io.Writer) (*kbs.Workload, error) {
+	fs := newFlagSet("kbs admin register", "kbs admin ... register --workload ID --tee snp|tdx --measurement HEX... --resource PATH...", stderr)
+	id := fs.String("workload", "", "workload id")
+	tee := fs.String("tee", "", "snp or tdx")
+	var meas, rtmrs, resources stringList
+	fs.Var(&meas, "measurement", "launch measurement (SNP MEASUREMENT / TDX MRTD), hex; repeatable")
+	fs.Var(&rtmrs, "rtmr", "TDX RTMR0..3 as four comma-separated hex values (empty = any); repeatable")
+	fs.Var(&resources, "resource", "resource path repo/type/tag released to this workload; repeatable")
+	minTCB := fs.String("min-tcb", "", "minimum TCB: SNP bootloader,tee,snp,microcode or the 16 TDX TEE_TCB_SVN bytes, decimal")
+	hostData := fs.String("host-data", "", "required SNP HOST_DATA / TDX MRCONFIGID, hex")
+	emu := fs.Bool("allow-emulated", false, "accept evidence from a trusted emulated root (CI/dev)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() != 0 {
+		return nil, usagef("unexpected arguments %q", fs.Args())
+	}
+	if *id == "" || *tee == "" || len(meas) == 0 || len(resources) == 0 {
+		return nil, usagef("register needs --workload, --tee, --measurement and --resource")
+	}
+	tcb, err := kbs.ParseTCB(*minTCB)
+	if err != nil {
+		return nil, usagef("--min-tcb: %v", err)
+	}
+	w := &kbs.Workload{ID: *id, TEE: *tee, Measurements: meas, MinTCB: tcb, HostData: *hostData, Resources: resources, AllowEmulated: *emu}
+	for _, r := range rtmrs {
+		set := strings.Split(r, ",")
+		if len(set) != 4 {
+			return nil, usagef("--rtmr %q: want four comma-separated values", r)
+		}
+		w.RTMRs = append(w.RTMRs, set)
+	}
+	if err := w.Validate(); err != nil {
+		return nil, usagef("%v", err)
+	}
+	return w, nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
