@@ -1,12 +1,14 @@
 package kbs
 
 import (
+	"encoding/json"
 	"sync"
 	"testing"
 
 	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
 	"github.com/krun-tee/krun-tee/sev"
+	"github.com/krun-tee/krun-tee/tdx"
 )
 
 // Emulated roots are expensive (RSA-4096 keys), so one trusted and one
@@ -62,3 +64,74 @@ func emulatedSNPFixture(t testing.TB) teeFixture {
 }
 
 func init() { emulatedFixtures = append(emulatedFixtures, emulatedSNPFixture) }
+
+var (
+	tdxOnce                  sync.Once
+	trustedTDX, untrustedTDX *tdx.EmulatedModule
+	tdxErr                   error
+)
+
+func emulatedModules(t testing.TB) (*tdx.EmulatedModule, *tdx.EmulatedModule) {
+	tdxOnce.Do(func() {
+		if trustedTDX, tdxErr = tdx.NewEmulatedModuleInMemory(); tdxErr != nil {
+			return
+		}
+		untrustedTDX, tdxErr = tdx.NewEmulatedModuleInMemory()
+	})
+	if tdxErr != nil {
+		t.Fatal(tdxErr)
+	}
+	return trustedTDX, untrustedTDX
+}
+
+// tdxRTMRs are fixed RTMR values the TDX fixture's TDs report.
+var tdxRTMRs = func() (r [4][48]byte) {
+	for i := range r {
+		for j := range r[i] {
+			r[i][j] = byte(i*48 + j)
+		}
+	}
+	return r
+}()
+
+func tdxProvider(m *tdx.EmulatedModule, meas []byte) EvidenceProvider {
+	p := &evidence.EmulatedTDX{Module: m}
+	copy(p.Params.MRTD[:], meas)
+	p.Params.RTMRs = tdxRTMRs
+	return p
+}
+
+func emulatedTDXFixture(t testing.TB) teeFixture {
+	trusted, untrusted := emulatedModules(t)
+	return teeFixture{
+		name:      "emulated-tdx",
+		tee:       attest.TDX,
+		provider:  func(_ testing.TB, meas []byte) EvidenceProvider { return tdxProvider(trusted, meas) },
+		untrusted: func(_ testing.TB, meas []byte) EvidenceProvider { return tdxProvider(untrusted, meas) },
+		verifier: func(testing.TB) Verifier {
+			return &AttestVerifier{Roots: attest.DefaultRoots().With(trusted.Roots())}
+		},
+		tamper: func(t testing.TB, ev []byte) []byte {
+			e, err := attest.ParseTDXEvidence(ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			q, err := e.RawQuote()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Flip a byte of MRCONFIGID in the TD quote body (header 48 bytes,
+			// then TEE_TCB_SVN 16, MRSEAM 48, MRSIGNERSEAM 48, SEAMATTRIBUTES 8,
+			// TDATTRIBUTES 8, XFAM 8, MRTD 48, MRCONFIGID 48).
+			const mrConfigIDOff = 48 + 16 + 48 + 48 + 8 + 8 + 8 + 48
+			q[mrConfigIDOff] ^= 1
+			b, err := json.Marshal(attest.NewTDXEvidence(q, nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		},
+	}
+}
+
+func init() { emulatedFixtures = append(emulatedFixtures, emulatedTDXFixture) }

@@ -273,7 +273,9 @@ func attestBody(t testing.TB, p EvidenceProvider, nonce string) (string, *TEEKey
 	return string(b), k
 }
 
-func cookieHdr(c string) map[string]string { return map[string]string{"Cookie": SessionCookie + "=" + c} }
+func cookieHdr(c string) map[string]string {
+	return map[string]string{"Cookie": SessionCookie + "=" + c}
+}
 
 // auditHas reports whether the audit log holds an entry of event whose
 // reason contains substr.

@@ -3,6 +3,7 @@ package kbs
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -437,5 +438,66 @@ func TestHealthAndMetrics(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("metrics lack %q:\n%s", want, b)
 		}
+	}
+}
+
+func TestTDXRTMRPolicy(t *testing.T) {
+	fx := emulatedTDXFixture(t)
+	e := newEnv(t, fx, envOptions{})
+	ctx := context.Background()
+	meas := randMeas()
+	rt := func(i int) string { return hex.EncodeToString(tdxRTMRs[i][:]) }
+	wrong := strings.Repeat("00", 48)
+	for _, c := range []struct {
+		name  string
+		rtmrs [][]string
+		ok    bool
+	}{
+		{"exact", [][]string{{rt(0), rt(1), rt(2), rt(3)}}, true},
+		{"wildcards", [][]string{{"", rt(1), "", ""}}, true},
+		{"second set", [][]string{{wrong, "", "", ""}, {rt(0), "", "", rt(3)}}, true},
+		{"mismatch", [][]string{{rt(0), wrong, rt(2), rt(3)}}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := "tdx/disk/" + strings.ReplaceAll(c.name, " ", "-")
+			if _, err := e.admin.Register(ctx, &Workload{ID: "td-" + strings.ReplaceAll(c.name, " ", "-"), TEE: "tdx", Measurements: []string{hex.EncodeToString(meas)},
+				RTMRs: c.rtmrs, Resources: []string{path}, AllowEmulated: true}); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.admin.SetResource(ctx, path, []byte("td-secret")); err != nil {
+				t.Fatal(err)
+			}
+			got, err := e.client(fx.provider(t, meas), fx.tee).GetResource(ctx, path)
+			if c.ok && (err != nil || string(got) != "td-secret") {
+				t.Fatalf("want release: %q %v", got, err)
+			}
+			if !c.ok && err == nil {
+				t.Fatal("released despite an RTMR mismatch")
+			}
+		})
+	}
+}
+
+func TestEmulatedNeedsOptIn(t *testing.T) {
+	// Even with the emulated root trusted, a workload without AllowEmulated
+	// only takes hardware evidence.
+	fx := emulatedSNPFixture(t)
+	e := newEnv(t, fx, envOptions{})
+	ctx := context.Background()
+	meas := randMeas()
+	if _, err := e.admin.Register(ctx, &Workload{ID: "hw-only", TEE: "snp", Measurements: []string{hex.EncodeToString(meas)},
+		Resources: []string{"hw/disk/key"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.admin.SetResource(ctx, "hw/disk/key", []byte("hw-secret")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.client(fx.provider(t, meas), fx.tee).GetResource(ctx, "hw/disk/key")
+	var pe *ProblemError
+	if !errors.As(err, &pe) || pe.Status != 401 || pe.Op != "resource" {
+		t.Fatalf("emulated evidence for a hardware-only workload: %v", err)
+	}
+	if !e.auditHas(AuditRefuse, "emulated evidence, workload wants hardware") {
+		t.Fatal("reason not audited")
 	}
 }

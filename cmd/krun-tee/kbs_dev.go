@@ -10,6 +10,7 @@ import (
 
 	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/sev"
+	"github.com/krun-tee/krun-tee/tdx"
 )
 
 func randRead(b []byte) (int, error) { return rand.Read(b) }
@@ -22,6 +23,12 @@ func ensureEmulatedRoot(dir string) error {
 			return fmt.Errorf("kbs dev: %w", err)
 		}
 		slog.Warn("KBS DEV MODE: generated an emulated AMD root of trust", "dir", filepath.Join(dir, attest.EmulatedSNPDir))
+	}
+	if _, err := os.Stat(filepath.Join(dir, attest.EmulatedTDXDir)); errors.Is(err, os.ErrNotExist) {
+		if err := tdx.GenerateEmulatedRoot(dir); err != nil {
+			return fmt.Errorf("kbs dev: %w", err)
+		}
+		slog.Warn("KBS DEV MODE: generated an emulated Intel TDX root of trust", "dir", filepath.Join(dir, attest.EmulatedTDXDir))
 	}
 	return nil
 }

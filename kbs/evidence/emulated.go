@@ -5,6 +5,7 @@ import (
 
 	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/sev"
+	"github.com/krun-tee/krun-tee/tdx"
 )
 
 // EmulatedSNP produces evidence from the emulated AMD PSP: real-format
@@ -28,4 +29,26 @@ func (e *EmulatedSNP) Evidence(rd [64]byte) (attest.TEE, []byte, error) {
 		return "", nil, fmt.Errorf("evidence: emulated snp: %w", err)
 	}
 	return attest.SNP, ev, nil
+}
+
+// EmulatedTDX produces evidence from the emulated TDX module (quote v4 signed
+// through a locally generated PCK chain).
+type EmulatedTDX struct {
+	Module *tdx.EmulatedModule
+	// Params are the TD's launch facts; ReportData is replaced per call.
+	Params tdx.QuoteParams
+}
+
+// TEE implements Provider.
+func (e *EmulatedTDX) TEE() attest.TEE { return attest.TDX }
+
+// Evidence implements Provider.
+func (e *EmulatedTDX) Evidence(rd [64]byte) (attest.TEE, []byte, error) {
+	p := e.Params
+	p.ReportData = rd
+	ev, err := e.Module.Evidence(p)
+	if err != nil {
+		return "", nil, fmt.Errorf("evidence: emulated tdx: %w", err)
+	}
+	return attest.TDX, ev, nil
 }
