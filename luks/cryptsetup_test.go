@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -306,5 +308,65 @@ func TestLuksDumpShowsOurDigest(t *testing.T) {
 	flat := strings.ReplaceAll(strings.Join(hexKeyRE.FindAllString(dump[strings.Index(dump, "Digest:"):], -1), " "), " ", "")
 	if !strings.Contains(flat, hex.EncodeToString(d)) {
 		t.Fatalf("luksDump digest section does not contain %x:\n%s", d, dump)
+	}
+}
+
+// TestRefuseCryptsetupReencryptRequirement: cryptsetup marks a volume whose
+// reencryption has started with a mandatory requirement; we must refuse it
+// rather than misread half-converted data.
+func TestRefuseCryptsetupReencryptRequirement(t *testing.T) {
+	cryptsetupPath(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "img")
+	key := filepath.Join(dir, "key")
+	writeRandomFile(t, key, 32)
+	writeRandomFile(t, img, 8<<20)
+	cryptsetup(t, "reencrypt", "--encrypt", "--init-only", "--batch-mode", "--type", "luks2", "--reduce-device-size", "2M",
+		"--key-file", key, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", img)
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, err = Open(f, 8<<20)
+	if !errors.Is(err, ErrUnsupportedRequirement) || !strings.Contains(err.Error(), "reencrypt") {
+		t.Fatalf("Open of a volume under reencryption: %v, want ErrUnsupportedRequirement naming it", err)
+	}
+}
+
+// TestAddKeyslotToCryptsetupImage adds a keyslot with our code to an image
+// cryptsetup made (its 16 MiB keyslots area) and has cryptsetup open it.
+func TestAddKeyslotToCryptsetupImage(t *testing.T) {
+	cryptsetupPath(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "img")
+	key := filepath.Join(dir, "key")
+	pass := writeRandomFile(t, key, 32)
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(img, 20<<20)
+	cryptsetup(t, "luksFormat", "--batch-mode", "--type", "luks2", "--key-file", key, "--pbkdf-memory", "8192", "--pbkdf-force-iterations", "4", img)
+	f, v := openFile(t, img)
+	vk, _, err := v.Unlock(f, pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key2 := filepath.Join(dir, "key2")
+	pass2 := writeRandomFile(t, key2, 32)
+	id, err := v.AddKeyslot(f, vk, pass2, Argon2id())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := cryptsetup(t, "open", "--test-passphrase", "--key-slot", strconv.Itoa(id), "--key-file", key2, img, "-v")
+	if !strings.Contains(out, "Key slot "+strconv.Itoa(id)+" unlocked") {
+		t.Fatalf("cryptsetup did not unlock keyslot %d: %s", id, out)
+	}
+	if err := v.RemoveKeyslot(f, 0); err != nil {
+		t.Fatal(err)
+	}
+	cryptsetup(t, "luksDump", img)
+	if err := exec.Command(cryptsetupPath(t), "open", "--test-passphrase", "--key-file", key, img).Run(); err == nil {
+		t.Fatal("cryptsetup still opens the removed keyslot")
 	}
 }
