@@ -193,6 +193,12 @@ func VerifySNP(ev *SNPEvidence, p Policy) (*Claims, error) {
 			return nil, fmt.Errorf("attest: snp: fetched %v certificate: %w", signer, err)
 		}
 	}
+	// go-sev-guest checks the signature over the report re-encoded from its
+	// protobuf, which drops bits it does not model (e.g. the high bits of
+	// CPUID stepping). Check it over the exact bytes as well.
+	if err := safely("snp signature", func() error { return verify.SnpReportSignature(raw, ek) }); err != nil {
+		return nil, fmt.Errorf("attest: snp: report signature rejected: %w", err)
+	}
 
 	vmpl := 0
 	valopts := &validate.Options{

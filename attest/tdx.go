@@ -123,8 +123,16 @@ func CheckTDXQuoteHeader(q []byte) error {
 	if t := le.Uint32(q[tdxOffTeeType:]); t != tdxTeeTypeTDX {
 		return fmt.Errorf("attest: quote TEE type %#x is not TDX (%#x)", t, tdxTeeTypeTDX)
 	}
-	if n := le.Uint32(q[tdxOffSignedSize:]); uint64(n) > uint64(len(q)-tdxMinQuote) {
+	n := uint64(le.Uint32(q[tdxOffSignedSize:]))
+	if n > uint64(len(q)-tdxMinQuote) {
 		return fmt.Errorf("attest: tdx quote signature data length %d exceeds the %d bytes present", n, len(q)-tdxMinQuote)
+	}
+	// Bytes after the signature data are signed by nobody; tolerate only
+	// zero padding, which some quote providers add.
+	for _, b := range q[tdxMinQuote+int(n):] {
+		if b != 0 {
+			return fmt.Errorf("attest: tdx quote has %d unsigned bytes after the signature data", len(q)-tdxMinQuote-int(n))
+		}
 	}
 	return nil
 }
