@@ -28,6 +28,11 @@ type Volume struct {
 	meta *Metadata
 	size int64 // size of the device the header was read from
 
+	// MaxKDFMemoryKiB, when set, makes Unlock skip argon2 keyslots that need
+	// more memory (a guest with less RAM than a keyslot's argon2 memory would
+	// be killed trying); 0 means the package bound MaxArgon2MemoryKiB.
+	MaxKDFMemoryKiB int
+
 	// PrimaryErr and SecondaryErr say why a copy was not usable (nil when it
 	// was); a volume opens while at least one copy is valid.
 	PrimaryErr, SecondaryErr error
@@ -201,7 +206,12 @@ func (v *Volume) Unlock(r io.ReaderAt, passphrase []byte) ([]byte, int, error) {
 	if len(ids) == 0 {
 		return nil, -1, errors.New("luks: no usable keyslot (all absent or priority ignore)")
 	}
+	var tooCostly []error
 	for _, id := range ids {
+		if err := v.checkKDFMemory(id); err != nil {
+			tooCostly = append(tooCostly, err)
+			continue
+		}
 		key, err := v.UnlockKeyslot(r, id, passphrase)
 		if err == nil {
 			return key, id, nil
@@ -210,7 +220,20 @@ func (v *Volume) Unlock(r io.ReaderAt, passphrase []byte) ([]byte, int, error) {
 			return nil, -1, err
 		}
 	}
+	if len(tooCostly) > 0 {
+		return nil, -1, fmt.Errorf("%w (skipped: %w)", ErrWrongPassphrase, errors.Join(tooCostly...))
+	}
 	return nil, -1, ErrWrongPassphrase
+}
+
+// checkKDFMemory refuses a keyslot whose argon2 memory exceeds
+// MaxKDFMemoryKiB.
+func (v *Volume) checkKDFMemory(id int) error {
+	k := v.meta.Keyslots[strconv.Itoa(id)].KDF
+	if v.MaxKDFMemoryKiB > 0 && k.Type != "pbkdf2" && k.Memory > v.MaxKDFMemoryKiB {
+		return fmt.Errorf("keyslot %d needs %d KiB of %s memory, the limit is %d KiB", id, k.Memory, k.Type, v.MaxKDFMemoryKiB)
+	}
+	return nil
 }
 
 // UnlockKeyslot tries the passphrase on one keyslot, whatever its priority
@@ -220,6 +243,9 @@ func (v *Volume) UnlockKeyslot(r io.ReaderAt, id int, passphrase []byte) ([]byte
 	ks, ok := v.meta.Keyslots[name]
 	if !ok {
 		return nil, fmt.Errorf("luks: keyslot %d does not exist", id)
+	}
+	if err := v.checkKDFMemory(id); err != nil {
+		return nil, fmt.Errorf("luks: %w", err)
 	}
 	dg := v.digestFor(name)
 	if dg == nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 )
@@ -474,5 +475,52 @@ func TestFormatRejectsBadOptions(t *testing.T) {
 		if _, _, err := Format(dev, tc.size, []byte("p"), tc.o); err == nil {
 			t.Errorf("%s: Format succeeded", name)
 		}
+	}
+}
+
+func TestMaxKDFMemory(t *testing.T) {
+	pass := []byte("pw")
+	dev := &memDevice{b: make([]byte, testSize)}
+	v, vk, err := Format(dev, testSize, pass, FormatOptions{KDF: Argon2id()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.MaxKDFMemoryKiB = 8 << 10 // below the preset's 16 MiB
+	_, _, err = v.Unlock(dev, pass)
+	if !errors.Is(err, ErrWrongPassphrase) || !strings.Contains(err.Error(), "needs 16384 KiB") {
+		t.Fatalf("Unlock over the memory limit: %v", err)
+	}
+	if _, err := v.UnlockKeyslot(dev, 0, pass); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("UnlockKeyslot over the memory limit: %v", err)
+	}
+	// A cheap pbkdf2 keyslot next to it still opens.
+	if _, err := v.AddKeyslot(dev, vk, pass, PBKDF2()); err != nil {
+		t.Fatal(err)
+	}
+	if _, slot, err := v.Unlock(dev, pass); err != nil || slot != 1 {
+		t.Fatalf("Unlock = slot %d, %v", slot, err)
+	}
+}
+
+func TestOpenFile(t *testing.T) {
+	dir := t.TempDir()
+	p := dir + "/img"
+	dev, _, vk := newTestVolume(t, []byte("pw"))
+	if err := os.WriteFile(p, dev.b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, v, err := OpenFile(p, os.O_RDONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if k, _, err := v.Unlock(f, []byte("pw")); err != nil || !bytes.Equal(k, vk) {
+		t.Fatalf("Unlock: %v", err)
+	}
+	if _, _, err := OpenFile(dir, os.O_RDONLY); err == nil {
+		t.Fatal("opened a directory")
+	}
+	if _, _, err := OpenFile(dir+"/none", os.O_RDONLY); err == nil {
+		t.Fatal("opened a missing file")
 	}
 }

@@ -43,34 +43,9 @@ func runImage(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	return usagef("unknown image verb %q (inspect, decrypt)", args[0])
 }
 
-// openImage opens a LUKS2 image file read-only.
+// openImage opens a LUKS2 image file or block device read-only.
 func openImage(path string) (*os.File, *luks.Volume, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	if !st.Mode().IsRegular() && st.Mode()&fs.ModeDevice == 0 {
-		f.Close()
-		return nil, nil, fmt.Errorf("%s is not a file or block device", path)
-	}
-	size := st.Size()
-	if st.Mode()&fs.ModeDevice != 0 {
-		if size, err = f.Seek(0, io.SeekEnd); err != nil {
-			f.Close()
-			return nil, nil, err
-		}
-	}
-	v, err := luks.Open(f, size)
-	if err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return f, v, nil
+	return luks.OpenFile(path, os.O_RDONLY)
 }
 
 // Inspect output: everything in the header except salts and digests.
