@@ -41,7 +41,8 @@ type Config struct {
 	Console io.Writer
 	// Devices are attached as virtio-mmio devices in order, device i at
 	// boot.VirtioSlot(i); the kernel command line must name them
-	// (boot.KernelCmdline).
+	// (boot.KernelCmdline). The machine owns them: Close closes them, and
+	// so does New when it fails.
 	Devices []virtio.Device
 	// AllowSoftwareKVM lets the VM run on kvm-pvm. Linux guests do not work
 	// there; tiny test programs do.
@@ -113,13 +114,10 @@ type vcpu struct {
 // in their start state, and all devices. Close releases everything.
 func New(cfg Config) (_ *Machine, err error) {
 	if cfg.Layout == nil || len(cfg.Layout.VCPUs) == 0 {
+		for _, d := range cfg.Devices {
+			_ = d.Close()
+		}
 		return nil, errors.New("vmm: config has no layout or no vCPUs")
-	}
-	if len(cfg.Devices) > boot.MaxVirtioDevices {
-		return nil, fmt.Errorf("vmm: %d virtio devices, at most %d", len(cfg.Devices), boot.MaxVirtioDevices)
-	}
-	if err := checkHost(cfg.AllowSoftwareKVM); err != nil {
-		return nil, err
 	}
 	console := cfg.Console
 	if console == nil {
@@ -133,9 +131,19 @@ func New(cfg Config) (_ *Machine, err error) {
 	}
 	defer func() {
 		if err != nil {
+			attached := len(m.virtio) // closed by m.Close
 			m.Close()
+			for _, d := range cfg.Devices[attached:] {
+				_ = d.Close()
+			}
 		}
 	}()
+	if len(cfg.Devices) > boot.MaxVirtioDevices {
+		return nil, fmt.Errorf("vmm: %d virtio devices, at most %d", len(cfg.Devices), boot.MaxVirtioDevices)
+	}
+	if err = checkHost(cfg.AllowSoftwareKVM); err != nil {
+		return nil, err
+	}
 	if m.sys, err = kvm.Open(); err != nil {
 		return nil, err
 	}
