@@ -272,3 +272,39 @@ func TestConsoleWriter(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// FuzzGuestPortAccesses drives the UART and the i8042 with arbitrary guest
+// access sequences: (offset, size, value, direction) quadruples. Nothing may
+// panic, input stays bounded and the UART's output is exactly the bytes
+// written to THR outside loopback and DLAB.
+func FuzzGuestPortAccesses(f *testing.F) {
+	f.Add([]byte{1, 1, 2, 1, 0, 1, 'h', 1, 2, 1, 0, 0, 4, 1, 0x10, 1, 0, 1, 'x', 1, 5, 1, 0, 0})
+	f.Add([]byte{4, 1, 0x60, 1, 0, 1, 0x47, 1, 4, 1, 0x20, 1, 0, 1, 0, 0, 4, 1, 0xfe, 1})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		var out bytes.Buffer
+		s := NewSerial(&out, func() {})
+		k := NewI8042(func() {})
+		var want bytes.Buffer
+		for len(ops) >= 4 {
+			off, size, val, write := uint64(ops[0]%10), int(ops[1]%9), ops[2], ops[3]&1 == 1
+			ops = ops[4:]
+			data := bytes.Repeat([]byte{val}, size)
+			if write {
+				if off == uartTHR && size == 1 && s.lcr&lcrDLAB == 0 && s.mcr&mcrLoop == 0 {
+					want.WriteByte(val)
+				}
+				s.Write(off, data)
+				k.Write(off, data)
+			} else {
+				s.Read(off, data)
+				k.Read(off, data)
+			}
+			if len(s.rx) > maxRxBuffered || len(k.out) > 1 {
+				t.Fatalf("buffers grew: uart %d, i8042 %d", len(s.rx), len(k.out))
+			}
+		}
+		if !bytes.Equal(out.Bytes(), want.Bytes()) {
+			t.Fatalf("output %q, want %q", out.Bytes(), want.Bytes())
+		}
+	})
+}
