@@ -1,0 +1,292 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/sev"
+	"github.com/krun-tee/krun-tee/tdx"
+)
+
+func init() {
+	register(command{name: "attest", summary: "verify attestation evidence; emulated TEE roots and evidence", run: func(ctx context.Context, args []string) error {
+		return runAttest(ctx, args, os.Stdout, os.Stderr)
+	}})
+}
+
+const attestUsage = `usage:
+  krun-tee attest emulated-root init --dir DIR
+  krun-tee attest emulated-root show --dir DIR
+  krun-tee attest emulate --tee snp|tdx --root DIR --report-data HEX
+        [--measurement HEX | --mrtd HEX] [--host-data HEX] [--rtmr I=HEX]... [--debug]
+  krun-tee attest verify --evidence FILE --policy FILE [--tee snp|tdx] [--trust-emulated-root DIR]
+`
+
+// maxEvidenceFile bounds what `attest verify` reads from disk.
+const maxEvidenceFile = 2 << 20
+
+func runAttest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, attestUsage)
+		return usagef("missing attest verb")
+	}
+	switch args[0] {
+	case "emulated-root":
+		if len(args) < 2 {
+			fmt.Fprint(stderr, attestUsage)
+			return usagef("missing emulated-root verb (init or show)")
+		}
+		switch args[1] {
+		case "init":
+			return attestRootInit(args[2:], stdout, stderr)
+		case "show":
+			return attestRootShow(args[2:], stdout, stderr)
+		}
+		return usagef("unknown emulated-root verb %q", args[1])
+	case "emulate":
+		return attestEmulate(args[1:], stdout, stderr)
+	case "verify":
+		return attestVerify(args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, attestUsage)
+		return nil
+	}
+	fmt.Fprint(stderr, attestUsage)
+	return usagef("unknown attest verb %q", args[0])
+}
+
+// attestRootInit creates both emulated roots and prints their fingerprints
+// (the names a KBS configuration trusts them by).
+func attestRootInit(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("attest emulated-root init", "attest emulated-root init --dir DIR", stderr)
+	dir := fs.String("dir", "", "directory to create the emulated roots in (snp/ and tdx/)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dir == "" || fs.NArg() != 0 {
+		return usagef("attest emulated-root init needs --dir DIR and no arguments")
+	}
+	if err := sev.GenerateEmulatedRoot(*dir); err != nil {
+		return err
+	}
+	if err := tdx.GenerateEmulatedRoot(*dir); err != nil {
+		return err
+	}
+	return attestPrintRoots(*dir, stdout)
+}
+
+func attestRootShow(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("attest emulated-root show", "attest emulated-root show --dir DIR", stderr)
+	dir := fs.String("dir", "", "emulated root directory")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dir == "" || fs.NArg() != 0 {
+		return usagef("attest emulated-root show needs --dir DIR and no arguments")
+	}
+	return attestPrintRoots(*dir, stdout)
+}
+
+func attestPrintRoots(dir string, stdout io.Writer) error {
+	roots, err := attest.LoadEmulatedRoots(dir)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(stdout)
+	for _, r := range roots.Info() {
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hexFlag decodes a hex flag value of an exact size (0 = any size up to max).
+func hexFlag(name, v string, size int) ([]byte, error) {
+	b, err := hex.DecodeString(strings.TrimPrefix(v, "0x"))
+	if err != nil {
+		return nil, usagef("--%s: not hex: %v", name, err)
+	}
+	if len(b) != size {
+		return nil, usagef("--%s: %d bytes, want %d", name, len(b), size)
+	}
+	return b, nil
+}
+
+func attestEmulate(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("attest emulate", "attest emulate --tee snp|tdx --root DIR --report-data HEX [flags]", stderr)
+	tee := fs.String("tee", "", "snp or tdx")
+	root := fs.String("root", "", "emulated root directory (from emulated-root init)")
+	rdHex := fs.String("report-data", "", "REPORT_DATA, 64 bytes hex")
+	measHex := fs.String("measurement", "", "SNP MEASUREMENT, 48 bytes hex")
+	mrtdHex := fs.String("mrtd", "", "TDX MRTD, 48 bytes hex")
+	hostHex := fs.String("host-data", "", "SNP HOST_DATA (32 bytes) or TDX MRCONFIGID (48 bytes), hex")
+	debug := fs.Bool("debug", false, "mark the guest debuggable (SNP policy DEBUG / TD attribute DEBUG)")
+	var rtmrs stringList
+	fs.Var(&rtmrs, "rtmr", "TDX RTMR value as I=HEX (I in 0..3); repeatable")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *root == "" || *rdHex == "" || fs.NArg() != 0 {
+		return usagef("attest emulate needs --tee, --root and --report-data")
+	}
+	rd, err := hexFlag("report-data", *rdHex, 64)
+	if err != nil {
+		return err
+	}
+	var ev []byte
+	switch attest.TEE(*tee) {
+	case attest.SNP:
+		if *mrtdHex != "" || len(rtmrs) > 0 {
+			return usagef("--mrtd and --rtmr are TDX flags")
+		}
+		var p sev.ReportParams
+		copy(p.ReportData[:], rd)
+		if *measHex != "" {
+			m, err := hexFlag("measurement", *measHex, 48)
+			if err != nil {
+				return err
+			}
+			copy(p.Measurement[:], m)
+		}
+		if *hostHex != "" {
+			h, err := hexFlag("host-data", *hostHex, 32)
+			if err != nil {
+				return err
+			}
+			copy(p.HostData[:], h)
+		}
+		if *debug {
+			p.Policy = sev.DefaultPolicy | 1<<19
+		}
+		psp, err := sev.LoadEmulatedPSP(*root)
+		if err != nil {
+			return err
+		}
+		if ev, err = psp.Evidence(p); err != nil {
+			return err
+		}
+	case attest.TDX:
+		if *measHex != "" {
+			return usagef("--measurement is the SNP flag; use --mrtd for TDX")
+		}
+		var q tdx.QuoteParams
+		copy(q.ReportData[:], rd)
+		if *mrtdHex != "" {
+			m, err := hexFlag("mrtd", *mrtdHex, 48)
+			if err != nil {
+				return err
+			}
+			copy(q.MRTD[:], m)
+		}
+		if *hostHex != "" {
+			h, err := hexFlag("host-data", *hostHex, 48)
+			if err != nil {
+				return err
+			}
+			copy(q.MRConfigID[:], h)
+		}
+		for _, r := range rtmrs {
+			idx, val, ok := strings.Cut(r, "=")
+			if !ok || len(idx) != 1 || idx[0] < '0' || idx[0] > '3' {
+				return usagef("--rtmr %q: want I=HEX with I in 0..3", r)
+			}
+			v, err := hexFlag("rtmr", val, 48)
+			if err != nil {
+				return err
+			}
+			copy(q.RTMRs[idx[0]-'0'][:], v)
+		}
+		if *debug {
+			q.TDAttributes = 1
+		}
+		m, err := tdx.LoadEmulatedModule(*root)
+		if err != nil {
+			return err
+		}
+		if ev, err = m.Evidence(q); err != nil {
+			return err
+		}
+	default:
+		return usagef("--tee must be snp or tdx, not %q", *tee)
+	}
+	_, err = fmt.Fprintf(stdout, "%s\n", ev)
+	return err
+}
+
+func readLimited(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, max)
+	}
+	return b, nil
+}
+
+func attestVerify(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("attest verify", "attest verify --evidence FILE --policy FILE [--tee snp|tdx] [--trust-emulated-root DIR]", stderr)
+	evPath := fs.String("evidence", "", "Trustee-form evidence JSON (the primary_evidence value)")
+	polPath := fs.String("policy", "", "policy JSON file (see attest.PolicyFile)")
+	teeFlag := fs.String("tee", "", "snp or tdx (default: detected from the evidence)")
+	var emulated stringList
+	fs.Var(&emulated, "trust-emulated-root", "also trust the emulated roots in DIR (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *evPath == "" || *polPath == "" || fs.NArg() != 0 {
+		return usagef("attest verify needs --evidence FILE and --policy FILE")
+	}
+	ev, err := readLimited(*evPath, maxEvidenceFile)
+	if err != nil {
+		return fmt.Errorf("evidence: %w", err)
+	}
+	pb, err := readLimited(*polPath, maxEvidenceFile)
+	if err != nil {
+		return fmt.Errorf("policy: %w", err)
+	}
+	pf, err := attest.ParsePolicyFile(pb)
+	if err != nil {
+		return err
+	}
+	roots := attest.DefaultRoots()
+	for _, dir := range emulated {
+		r, err := attest.LoadEmulatedRoots(dir)
+		if err != nil {
+			return err
+		}
+		roots = roots.With(r)
+	}
+	policy, err := pf.Policy(roots)
+	if err != nil {
+		return err
+	}
+	tee := attest.TEE(*teeFlag)
+	if tee == "" {
+		if tee, err = attest.DetectTEE(ev); err != nil {
+			return err
+		}
+	}
+	if pf.TEE != "" && pf.TEE != tee {
+		return fmt.Errorf("policy is for %s evidence, got %s", pf.TEE, tee)
+	}
+	claims, err := attest.Verify(tee, ev, policy)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(claims)
+}
