@@ -28,13 +28,20 @@ const (
 	FeatureIndirectDesc   = 1 << 28 // VIRTIO_F_INDIRECT_DESC
 	FeatureEventIdx       = 1 << 29 // VIRTIO_F_RING_EVENT_IDX
 	FeatureVersion1       = 1 << 32 // VIRTIO_F_VERSION_1
-	FeatureAccessPlatform = 1 << 33 // VIRTIO_F_ACCESS_PLATFORM; never offered, see MMIO
+	FeatureAccessPlatform = 1 << 33 // VIRTIO_F_ACCESS_PLATFORM; see WithAccessPlatform
 )
 
-// transportFeatures are offered for every device. VIRTIO_F_ACCESS_PLATFORM
-// is deliberately not offered: the device accesses guest-physical addresses
-// directly (through GuestMemory), and a confidential guest bounces its DMA
-// through shared swiotlb buffers on its own (as it does for libkrun's devices).
+// transportFeatures are offered for every device.
+//
+// VIRTIO_F_ACCESS_PLATFORM is not offered for plain VMs: the device reads
+// guest-physical addresses directly through GuestMemory and there is no
+// IOMMU, so the bit would only make the guest use the DMA API for nothing.
+// Confidential guests are different: an upstream Linux SEV-SNP/TDX guest
+// refuses virtio devices without it (it must bounce DMA through shared,
+// unencrypted swiotlb buffers, and the bit is how the device promises to
+// accept such addresses). The VMM offers it there with WithAccessPlatform.
+// The device model is the same either way: it only ever dereferences the
+// guest-physical addresses the driver hands it, within GuestMemory.
 const transportFeatures = FeatureVersion1 | FeatureEventIdx | FeatureIndirectDesc
 
 // Device is a virtio device model behind a transport. The transport owns

@@ -77,10 +77,11 @@ type queueState struct {
 // goroutines; register state is guarded by a mutex and everything the device
 // calls back into (interrupts, failure) is lock-free.
 type MMIO struct {
-	dev    Device
-	mem    GuestMemory
-	signal func()
-	max    []uint16
+	extraFeatures uint64 // transport features enabled by options
+	dev           Device
+	mem           GuestMemory
+	signal        func()
+	max           []uint16
 
 	mu             sync.Mutex
 	status         uint8
@@ -100,12 +101,26 @@ type MMIO struct {
 	activeNotify atomic.Bool
 }
 
+// Option configures an MMIO transport.
+type Option func(*MMIO)
+
+// WithAccessPlatform offers VIRTIO_F_ACCESS_PLATFORM, which confidential
+// (SEV-SNP, TDX) Linux guests require before they use a device; see
+// transportFeatures.
+func WithAccessPlatform() Option {
+	return func(m *MMIO) { m.extraFeatures |= FeatureAccessPlatform }
+}
+
 // NewMMIO creates the transport for dev over guest memory mem. signal raises
 // the device's interrupt line (in the VMM: an irqfd write); it is called
 // after InterruptStatus has been updated and must not block for long.
-func NewMMIO(dev Device, mem GuestMemory, signal func()) *MMIO {
+func NewMMIO(dev Device, mem GuestMemory, signal func(), opts ...Option) *MMIO {
 	max := append([]uint16(nil), dev.QueueMaxSizes()...)
-	return &MMIO{dev: dev, mem: mem, signal: signal, max: max, queues: make([]queueState, len(max))}
+	m := &MMIO{dev: dev, mem: mem, signal: signal, max: max, queues: make([]queueState, len(max))}
+	for _, o := range opts {
+		o(m)
+	}
+	return m
 }
 
 // NumQueues is the number of virtqueues of the device (the VMM registers one
@@ -114,7 +129,7 @@ func (m *MMIO) NumQueues() int { return len(m.max) }
 
 // offeredFeatures are the feature bits the transport offers for this device.
 func (m *MMIO) offeredFeatures() uint64 {
-	return m.dev.Features()&(1<<24-1) | transportFeatures
+	return m.dev.Features()&(1<<24-1) | transportFeatures | m.extraFeatures
 }
 
 // Read handles a guest read of size len(data) at offset inside the window.
@@ -270,6 +285,15 @@ func (m *MMIO) statusIs(want, notWant uint8) bool {
 }
 
 func (m *MMIO) writeQueueReg(offset uint64, v uint32) {
+	// Linux clears QueueReady when it deletes a queue (before resetting the
+	// device) and checks it reads back 0; the running device keeps the queue
+	// it was activated with until the reset.
+	if offset == regQueueReady && v == 0 && m.status&StatusFeaturesOK != 0 {
+		if q := m.selectedQueue(); q != nil {
+			q.ready = false
+		}
+		return
+	}
 	// Queues are configured after FEATURES_OK and before DRIVER_OK.
 	if !m.statusIs(StatusFeaturesOK, StatusDriverOK|StatusFailed) {
 		slog.Warn("virtio-mmio: queue register written outside queue setup", "offset", offset, "status", m.status)

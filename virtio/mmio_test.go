@@ -2,6 +2,7 @@ package virtio_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -489,3 +490,33 @@ func TestClose(t *testing.T) {
 }
 
 var _ = errors.Is
+
+func TestAccessPlatformOption(t *testing.T) {
+	mem := virtiotest.NewMemory(1 << 20)
+	for _, tc := range []struct {
+		opts []virtio.Option
+		want bool
+	}{{nil, false}, {[]virtio.Option{virtio.WithAccessPlatform()}, true}} {
+		m := virtio.NewMMIO(newEcho(), mem, nil, tc.opts...)
+		var lo, hi [4]byte
+		sel := []byte{1, 0, 0, 0}
+		m.Write(virtiotest.RegDeviceFeatSel, sel)
+		m.Read(virtiotest.RegDeviceFeatures, hi[:])
+		m.Write(virtiotest.RegDeviceFeatSel, []byte{0, 0, 0, 0})
+		m.Read(virtiotest.RegDeviceFeatures, lo[:])
+		f := uint64(binary.LittleEndian.Uint32(hi[:]))<<32 | uint64(binary.LittleEndian.Uint32(lo[:]))
+		if got := f&virtio.FeatureAccessPlatform != 0; got != tc.want {
+			t.Errorf("opts %d: ACCESS_PLATFORM offered = %v, want %v", len(tc.opts), got, tc.want)
+		}
+	}
+	// A confidential guest accepts it and the device works as usual.
+	e := newEcho()
+	d := virtiotest.New(e, 1<<20)
+	d.MMIO = virtio.NewMMIO(e, d.Mem, nil, virtio.WithAccessPlatform())
+	if err := d.Negotiate(allFeatures); err != nil {
+		t.Fatal(err)
+	}
+	if d.Features&virtio.FeatureAccessPlatform == 0 {
+		t.Fatal("ACCESS_PLATFORM not negotiated")
+	}
+}

@@ -287,6 +287,15 @@ type Queue struct {
 // Layout returns the queue's guest-memory layout.
 func (q *Queue) Layout() QueueLayout { return q.l }
 
+// ring returns a ring's bytes plus two bytes of slack (when inside memory)
+// so ringatomic finds a whole aligned word around its trailing event field.
+func (q *Queue) ring(gpa, n uint64) []byte {
+	if b, err := q.d.Mem.Slice(gpa, n+2); err == nil {
+		return b
+	}
+	return q.mem(gpa, n)
+}
+
 func (q *Queue) mem(gpa, n uint64) []byte {
 	b, err := q.d.Mem.Slice(gpa, n)
 	if err != nil {
@@ -314,7 +323,7 @@ func (q *Queue) PublishHead(head uint16) {
 }
 
 func (q *Queue) publishLocked(head uint16) {
-	ring := q.mem(q.l.Driver, 6+2*uint64(q.l.Size))
+	ring := q.ring(q.l.Driver, 6+2*uint64(q.l.Size))
 	binary.LittleEndian.PutUint16(ring[4+2*uint64(q.availIdx%q.l.Size):], head)
 	q.availIdx++
 	ringatomic.Store16(ring, 2, q.availIdx)
@@ -391,7 +400,7 @@ func (q *Queue) Kick() { q.d.Write32(RegQueueNotify, q.index) }
 func (q *Queue) KickIfNeeded(old uint16) bool {
 	q.mu.Lock()
 	cur := q.availIdx
-	used := q.mem(q.l.Device, 6+8*uint64(q.l.Size))
+	used := q.ring(q.l.Device, 6+8*uint64(q.l.Size))
 	var need bool
 	if q.eventIdx {
 		ev := ringatomic.Load16(used, int(4+8*uint64(q.l.Size)))
@@ -418,11 +427,11 @@ func (q *Queue) AvailIdx() uint16 {
 func (q *Queue) PopUsed() (Used, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	used := q.mem(q.l.Device, 6+8*uint64(q.l.Size))
+	used := q.ring(q.l.Device, 6+8*uint64(q.l.Size))
 	idx := ringatomic.Load16(used, 2)
 	if idx == q.lastUsed {
 		if q.eventIdx {
-			avail := q.mem(q.l.Driver, 6+2*uint64(q.l.Size))
+			avail := q.ring(q.l.Driver, 6+2*uint64(q.l.Size))
 			ringatomic.Store16(avail, int(4+2*uint64(q.l.Size)), q.lastUsed)
 		}
 		idx = ringatomic.Load16(used, 2)
