@@ -80,7 +80,6 @@ func TestStorePreservesNeighbour(t *testing.T) {
 	}
 }
 
-
 // unsafeBytes views a []uint32 as bytes, giving tests a 4-aligned buffer.
 func unsafeBytes(w []uint32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(w))), 4*len(w))
