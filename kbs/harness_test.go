@@ -294,5 +294,8 @@ func (e *env) auditHas(event, substr string) bool {
 }
 
 func TestMain(m *testing.M) {
+	if os.Getenv(crashChildEnv) != "" {
+		os.Exit(crashChild())
+	}
 	os.Exit(m.Run())
 }

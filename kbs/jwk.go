@@ -121,6 +121,9 @@ func (k *TEEKey) PublicJWK() json.RawMessage { return k.jwk }
 // Decrypt opens a flattened JWE produced for this key; only ECDH-ES+A256KW
 // with A256GCM is accepted.
 func (k *TEEKey) Decrypt(jwe []byte) ([]byte, error) {
+	if k.priv == nil {
+		return nil, errors.New("kbs: jwe: key destroyed")
+	}
 	if len(jwe) > MaxRequestBody {
 		return nil, fmt.Errorf("kbs: jwe: %d bytes, too large", len(jwe))
 	}

@@ -1,0 +1,40 @@
+package kbs
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	write := func(s string) string {
+		p := filepath.Join(dir, "kbs.json")
+		os.WriteFile(p, []byte(s), 0o600)
+		return p
+	}
+	c, err := LoadConfig(write(`{"listen":"127.0.0.1:8080","store":{"type":"bolt","path":"/x/kbs.db"},"kek_env":"K","session_lifetime":"2m"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Duration(c.SessionLifetime) != 2*time.Minute {
+		t.Fatalf("lifetime %v", c.SessionLifetime)
+	}
+	for name, body := range map[string]string{
+		"unknown field": `{"listen":"x","store":{"type":"bolt","path":"p"},"kek_env":"K","admin_key":"typo"}`,
+		"no listen":     `{"store":{"type":"bolt","path":"p"},"kek_env":"K"}`,
+		"no kek":        `{"listen":"x","store":{"type":"bolt","path":"p"}}`,
+		"bad store":     `{"listen":"x","store":{"type":"redis"},"kek_env":"K"}`,
+		"pg no dsn":     `{"listen":"x","store":{"type":"postgres"},"kek_env":"K"}`,
+		"half tls":      `{"listen":"x","store":{"type":"bolt","path":"p"},"kek_env":"K","tls_cert":"c"}`,
+		"bad duration":  `{"listen":"x","store":{"type":"bolt","path":"p"},"kek_env":"K","session_lifetime":"soon"}`,
+	} {
+		if _, err := LoadConfig(write(body)); err == nil {
+			t.Errorf("%s: accepted", name)
+		} else if !strings.Contains(err.Error(), "kbs.json") {
+			t.Errorf("%s: error does not name the file: %v", name, err)
+		}
+	}
+}
