@@ -138,30 +138,30 @@ func (r *run) processTx() bool {
 	return progress
 }
 
-// processRx writes pending packets into guest rx buffers.
+// processRx writes pending packets into guest rx buffers. A buffer is
+// popped and filled under one hold of run.mu, so the work found cannot
+// vanish (a connection closing, a reset) in between.
 func (r *run) processRx() bool {
 	progress := false
 	for {
 		r.mu.Lock()
 		r.pruneLocked()
-		work := len(r.ctrl) > 0 || len(r.ready) > 0
-		r.mu.Unlock()
-		if !work {
+		if len(r.ctrl) == 0 && len(r.ready) == 0 {
+			r.mu.Unlock()
 			break
 		}
 		c, err := r.rx.Pop()
 		if err != nil || c == nil {
+			r.mu.Unlock()
 			break
 		}
 		progress = true
-		room := virtio.TotalLen(c.Writable)
-		if room < HeaderLen {
+		n := 0
+		if room := virtio.TotalLen(c.Writable); room >= HeaderLen {
+			n = r.fillLocked(c.Writable, min(room-HeaderLen, MaxPayload))
+		} else {
 			slog.Warn("vsock: rx buffer smaller than a packet header dropped", "len", room)
-			r.rx.AddUsed(c.Head, 0)
-			continue
 		}
-		r.mu.Lock()
-		n := r.fillLocked(c.Writable, min(room-HeaderLen, MaxPayload))
 		r.mu.Unlock()
 		r.rx.AddUsed(c.Head, uint32(n))
 	}
@@ -184,8 +184,8 @@ func (r *run) hdrFor(c *conn, op uint16) Header {
 }
 
 // fillLocked writes the next pending packet into bufs and returns its
-// length. maxPayload is the room left after the header. The caller has run
-// pruneLocked and checked there is work.
+// length. maxPayload is the room left after the header. The caller holds
+// run.mu, has run pruneLocked and checked there is work.
 func (r *run) fillLocked(bufs [][]byte, maxPayload uint64) int {
 	var hdr [HeaderLen]byte
 	if len(r.ctrl) > 0 {
