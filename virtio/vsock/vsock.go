@@ -14,6 +14,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -37,8 +38,10 @@ const (
 	ConnBufAlloc = 256 << 10
 	// readChunk is the most host->guest data read ahead per connection.
 	readChunk = 64 << 10
-	// MaxConns bounds the number of simultaneous connections.
-	MaxConns = 1024
+	// MaxConns bounds the number of simultaneous connections. With the
+	// per-connection bounds (readChunk + ConnBufAlloc) a guest can make the
+	// host hold at most MaxConns * 320 KiB = 40 MiB of connection data.
+	MaxConns = 128
 	// maxCtrl bounds queued connectionless replies (RSTs); past it the device
 	// stops reading the tx queue until the guest supplies rx buffers.
 	maxCtrl = 256
@@ -213,4 +216,54 @@ func (d *Device) DialContext(ctx context.Context, port uint32) (net.Conn, error)
 		return nil, fmt.Errorf("vsock: dial guest port %d: %w", port, virtio.ErrNotActive)
 	}
 	return r.dialGuest(ctx, port)
+}
+
+// Forward accepts connections on l and connects each to guest port
+// guestPort, copying bytes both ways (half-closes included) until either
+// side closes. It returns when l fails (for example when the caller closes
+// it) or ctx is done; connections already forwarded are closed then too.
+func (d *Device) Forward(ctx context.Context, l net.Listener, guestPort uint32) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		<-ctx.Done()
+		l.Close()
+	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		hc, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("vsock: forward to guest port %d: %w", guestPort, err)
+		}
+		wg.Go(func() {
+			defer hc.Close()
+			gc, err := d.DialContext(ctx, guestPort)
+			if err != nil {
+				slog.Warn("vsock: forwarding a host connection failed", "guest_port", guestPort, "err", err)
+				return
+			}
+			defer gc.Close()
+			stop := context.AfterFunc(ctx, func() { hc.Close(); gc.Close() })
+			defer stop()
+			var pipes sync.WaitGroup
+			pipes.Go(func() { splice(gc, hc) })
+			splice(hc, gc)
+			pipes.Wait()
+		})
+	}
+}
+
+// splice copies src to dst and then half-closes dst (or closes it when it
+// cannot half-close), so EOF travels through the forwarder.
+func splice(dst, src net.Conn) {
+	io.Copy(dst, src)
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	} else {
+		dst.Close()
+	}
 }

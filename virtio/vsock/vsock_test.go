@@ -574,3 +574,53 @@ func TestConcurrentConnections(t *testing.T) {
 		}
 	}
 }
+
+// TestForward connects a host client through Forward to a guest service.
+func TestForward(t *testing.T) {
+	g := newGuest(t, nil, 8)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	fwdErr := make(chan error, 1)
+	go func() { fwdErr <- g.dev.Forward(ctx, l, 22) }()
+	client, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	req, _ := g.recv()
+	if req.Op != OpRequest || req.DstPort != 22 {
+		t.Fatalf("guest got %s for port %d", opName(req.Op), req.DstPort)
+	}
+	gc := &gconn{g: g, local: 22, remote: req.SrcPort, bufAlloc: 64 << 10}
+	gc.absorb(req, nil)
+	g.send(gc.hdr(OpResponse), nil)
+	if _, err := client.Write([]byte("hello guest")); err != nil {
+		t.Fatal(err)
+	}
+	for len(gc.received) < len("hello guest") {
+		gc.expectPacket()
+	}
+	if string(gc.received) != "hello guest" {
+		t.Fatalf("guest received %q", gc.received)
+	}
+	g.send(gc.hdr(OpRW), []byte("hello host"))
+	buf := make([]byte, len("hello host"))
+	client.SetReadDeadline(time.Now().Add(virtiotest.DefaultTimeout))
+	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "hello host" {
+		t.Fatalf("client read %q, %v", buf, err)
+	}
+	// The guest closing its side reaches the client as EOF.
+	sh := gc.hdr(OpShutdown)
+	sh.Flags = ShutdownSend | ShutdownRcv
+	g.send(sh, nil)
+	if _, err := client.Read(buf); !errors.Is(err, io.EOF) {
+		t.Fatalf("client read after guest close: %v", err)
+	}
+	cancel()
+	if err := <-fwdErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Forward returned %v", err)
+	}
+}
