@@ -9,6 +9,10 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -368,8 +372,16 @@ func TestTDXFlippedBits(t *testing.T) {
 func TestTDXMalformedQuotes(t *testing.T) {
 	c := newTDXCase(t)
 	q := c.quote(t)
-	set16 := func(off int, v uint16) []byte { m := bytes.Clone(q); binary.LittleEndian.PutUint16(m[off:], v); return m }
-	set32 := func(off int, v uint32) []byte { m := bytes.Clone(q); binary.LittleEndian.PutUint32(m[off:], v); return m }
+	set16 := func(off int, v uint16) []byte {
+		m := bytes.Clone(q)
+		binary.LittleEndian.PutUint16(m[off:], v)
+		return m
+	}
+	set32 := func(off int, v uint32) []byte {
+		m := bytes.Clone(q)
+		binary.LittleEndian.PutUint32(m[off:], v)
+		return m
+	}
 	v5, _ := os.ReadFile("testdata/tdx_quote_5.dat")
 	cases := []struct {
 		name string
@@ -545,4 +557,65 @@ func BenchmarkVerify(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "verifies/s")
 	})
+}
+
+// TestSNPFetchesMissingVCEK sends evidence without cert_chain: offline it
+// is refused; with a Fetcher (served from memory, never the network) the
+// VCEK comes from the KDS URL and verification succeeds.
+func TestSNPFetchesMissingVCEK(t *testing.T) {
+	psp, _ := emulators(t)
+	c := newSNPCase(t)
+	raw, vcek, err := psp.Report(c.params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, _ := attest.SNPReportFromRaw(raw)
+	ev, _ := (&attest.SNPEvidence{Report: *rep}).Marshal()
+	mustRefuse(t, "offline without VCEK", attest.SNP, ev, c.policy, "fetching is disabled")
+
+	chip := psp.ChipID()
+	tcb := psp.TCB()
+	vcekURL := fmt.Sprintf("https://kdsintf.amd.com/vcek/v1/Genoa/%x?blSPL=%d&teeSPL=%d&snpSPL=%d&ucodeSPL=%d",
+		chip[:], uint8(tcb), uint8(tcb>>8), uint8(tcb>>48), uint8(tcb>>56))
+	chainURL := "https://kdsintf.amd.com/vcek/v1/Genoa/cert_chain"
+	tr := &kdsTransport{bodies: map[string][]byte{vcekURL: vcek.Raw, chainURL: []byte("unused: roots come from the policy")}}
+	c.policy.Fetcher = &attest.Fetcher{Client: &http.Client{Transport: tr}}
+	// The library also wants the ASK/ARK chain; give it parsable PEM.
+	tr.bodies[chainURL] = append(pemCert(vcek.Raw), pemCert(psp.ARK().Raw)...)
+	cl, err := attest.Verify(attest.SNP, ev, c.policy)
+	if err != nil {
+		t.Fatalf("with fetcher: %v (requests: %v)", err, tr.seen)
+	}
+	if !cl.Emulated {
+		t.Fatal("claims lost the emulated root")
+	}
+}
+
+type kdsTransport struct {
+	bodies map[string][]byte
+	seen   []string
+}
+
+func (k *kdsTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	k.seen = append(k.seen, r.URL.String())
+	b, ok := k.bodies[r.URL.String()]
+	status := http.StatusOK
+	if !ok {
+		status = http.StatusNotFound
+	}
+	return &http.Response{StatusCode: status, Body: io.NopCloser(bytes.NewReader(b)), Header: http.Header{}, Request: r}, nil
+}
+
+func pemCert(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// TestTDXZeroPadding accepts the zero padding some quote providers append
+// after the signature data (it carries nothing), unlike non-zero bytes.
+func TestTDXZeroPadding(t *testing.T) {
+	c := newTDXCase(t)
+	q := append(c.quote(t), make([]byte, 16)...)
+	if _, err := attest.Verify(attest.TDX, tdxEvidence(q), c.policy); err != nil {
+		t.Fatal(err)
+	}
 }

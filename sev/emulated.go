@@ -317,6 +317,18 @@ func (p *EmulatedPSP) vcek(chip [64]byte, tcb uint64) (*vcek, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sev: VCEK key: %w", err)
 	}
+	cert, err := p.certifyVCEK(&key.PublicKey, chip, tcb)
+	if err != nil {
+		return nil, err
+	}
+	v := &vcek{key: key, cert: cert}
+	p.vceks[id] = v
+	return v, nil
+}
+
+// certifyVCEK issues a VCEK certificate for pub under the ASK, with KDS
+// extensions for chip (HWID) and tcb.
+func (p *EmulatedPSP) certifyVCEK(pub *ecdsa.PublicKey, chip [64]byte, tcb uint64) (*x509.Certificate, error) {
 	parts := kds.DecomposeTCBVersion(kds.TCBVersion(tcb))
 	u8 := func(v uint8) []byte { b, _ := asn1.Marshal(int(v)); return b }
 	ia5 := func(s string) []byte { b, _ := asn1.MarshalWithParams(s, "ia5"); return b }
@@ -348,7 +360,7 @@ func (p *EmulatedPSP) vcek(chip [64]byte, tcb uint64) (*vcek, error) {
 		ExtraExtensions:    exts,
 		SignatureAlgorithm: x509.SHA384WithRSAPSS,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ask, &key.PublicKey, p.askKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ask, pub, p.askKey)
 	if err != nil {
 		return nil, fmt.Errorf("sev: VCEK certificate: %w", err)
 	}
@@ -356,9 +368,7 @@ func (p *EmulatedPSP) vcek(chip [64]byte, tcb uint64) (*vcek, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &vcek{key: key, cert: cert}
-	p.vceks[id] = v
-	return v, nil
+	return cert, nil
 }
 
 // ReportParams are the guest-specific fields of an emulated report. Zero

@@ -2,7 +2,9 @@ package sev
 
 import (
 	"bytes"
+	"crypto/ecdsa"
 	"crypto/rand"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -158,5 +160,48 @@ func BenchmarkEmulatedSNPVerify(b *testing.B) {
 		if _, err := attest.Verify(attest.SNP, ev, pol); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestVCEKMismatch signs a report with the right VCEK key but presents a
+// certificate for that key whose TCB or HWID extension differs from the
+// report: the chain and signature verify, validation must refuse.
+func TestVCEKMismatch(t *testing.T) {
+	p, _ := testPSP(t)
+	rp := params()
+	raw, cert, err := p.Report(rp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := cert.PublicKey.(*ecdsa.PublicKey)
+	otherChip := p.ChipID()
+	otherChip[0] ^= 1
+	cases := []struct {
+		name string
+		tcb  uint64
+		chip [64]byte
+		want string
+	}{
+		{"tcb", p.TCB() + 1<<48, p.ChipID(), "TCB"},
+		{"hwid", p.TCB(), otherChip, "CHIP_ID"},
+	}
+	pol := attest.Policy{ReportData: rp.ReportData[:], Measurements: [][]byte{rp.Measurement[:]}, Roots: p.Roots()}
+	for _, c := range cases {
+		forged, err := p.certifyVCEK(pub, c.chip, c.tcb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, _ := attest.SNPReportFromRaw(raw)
+		ev, _ := (&attest.SNPEvidence{Report: *rep, CertChain: []attest.SNPCertEntry{{CertType: json.RawMessage(`"VCEK"`), Data: forged.Raw}}}).Marshal()
+		_, err = attest.Verify(attest.SNP, ev, pol)
+		if err == nil || !strings.Contains(err.Error(), "refused by policy") || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s mismatch: %v", c.name, err)
+		}
+	}
+	// The genuine certificate still passes.
+	rep, _ := attest.SNPReportFromRaw(raw)
+	ev, _ := (&attest.SNPEvidence{Report: *rep, CertChain: []attest.SNPCertEntry{{CertType: json.RawMessage(`"VCEK"`), Data: cert.Raw}}}).Marshal()
+	if _, err := attest.Verify(attest.SNP, ev, pol); err != nil {
+		t.Fatal(err)
 	}
 }
