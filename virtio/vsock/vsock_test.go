@@ -624,3 +624,47 @@ func TestForward(t *testing.T) {
 		t.Fatalf("Forward returned %v", err)
 	}
 }
+
+// TestReplyBackpressure: a guest that floods requests without supplying rx
+// buffers cannot grow the device's reply queue past maxCtrl; once buffers
+// arrive every request is answered, in order.
+func TestReplyBackpressure(t *testing.T) {
+	g := newGuest(t, nil, 0)
+	const n = maxCtrl + 10
+	var pending []uint16
+	for range maxCtrl {
+		c := g.newConn(7, 4096)
+		g.send(c.hdr(OpRequest), nil)
+	}
+	// The rest cannot be consumed yet: post them without waiting.
+	for range n - maxCtrl {
+		c := g.newConn(7, 4096)
+		a := g.d.Alloc(HeaderLen, 8)
+		copy(g.d.Mem.Bytes()[a:], c.hdr(OpRequest).Bytes())
+		head, err := g.txq.Add([]virtiotest.Buffer{{Addr: a, Len: HeaderLen}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pending = append(pending, head)
+	}
+	g.txq.Kick()
+	r := g.dev.current()
+	r.mu.Lock()
+	queued := len(r.ctrl)
+	r.mu.Unlock()
+	if queued > maxCtrl {
+		t.Fatalf("%d replies queued, bound is %d", queued, maxCtrl)
+	}
+	g.postRx(32)
+	for i := range n {
+		h, _ := g.recv()
+		if h.Op != OpRST || h.DstPort != uint32(1001+i) {
+			t.Fatalf("reply %d: %s to port %d, want RST to %d", i, opName(h.Op), h.DstPort, 1001+i)
+		}
+	}
+	for range pending {
+		if _, err := g.txq.WaitUsed(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
