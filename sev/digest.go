@@ -8,6 +8,8 @@ import (
 	"crypto/sha512"
 	"encoding/binary"
 	"fmt"
+	"runtime"
+	"sync"
 
 	"github.com/krun-tee/krun-tee/vmm/layout"
 )
@@ -92,15 +94,18 @@ func (d *Digest) AddLayout(l *layout.Layout, vmsaFeatures uint64) error {
 		return fmt.Errorf("sev: layout has no vCPUs")
 	}
 	for _, r := range l.Regions {
+		if r.Type.Measured() {
+			// Page contents hash independently; only the PAGE_INFO chain
+			// is sequential.
+			contents := pageDigests(r)
+			for i := range contents {
+				d.updateContents(r.GPA+uint64(i)*layout.PageSize, r.Type, &contents[i])
+			}
+			continue
+		}
 		for i := uint64(0); i < r.Pages(); i++ {
-			gpa := r.GPA + i*layout.PageSize
-			if r.Type.Measured() {
-				contents := sha512.Sum384(r.Page(i))
-				d.updateContents(gpa, r.Type, &contents)
-			} else {
-				if err := d.Update(gpa, r.Type, nil); err != nil {
-					return fmt.Errorf("sev: region %s: %w", r.Name, err)
-				}
+			if err := d.Update(r.GPA+i*layout.PageSize, r.Type, nil); err != nil {
+				return fmt.Errorf("sev: region %s: %w", r.Name, err)
 			}
 		}
 	}
@@ -114,6 +119,38 @@ func (d *Digest) AddLayout(l *layout.Layout, vmsaFeatures uint64) error {
 		}
 	}
 	return nil
+}
+
+// parallelPages is the region size from which page hashing is spread over
+// all CPUs; below it goroutine start-up costs more than it saves.
+const parallelPages = 256
+
+// pageDigests returns SHA-384 of every page of r, hashing on all CPUs for
+// large regions.
+func pageDigests(r layout.Region) [][48]byte {
+	n := int(r.Pages())
+	out := make([][48]byte, n)
+	workers := runtime.GOMAXPROCS(0)
+	if n < parallelPages || workers == 1 {
+		for i := range out {
+			out[i] = sha512.Sum384(r.Page(uint64(i)))
+		}
+		return out
+	}
+	var wg sync.WaitGroup
+	per := (n + workers - 1) / workers
+	for start := 0; start < n; start += per {
+		end := min(start+per, n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := start; i < end; i++ {
+				out[i] = sha512.Sum384(r.Page(uint64(i)))
+			}
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 // PageRecord is one launch operation as `krun-tee measure --pages` prints it.

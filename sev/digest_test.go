@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/krun-tee/krun-tee/vmm/boot"
 	"github.com/krun-tee/krun-tee/vmm/layout"
@@ -246,9 +247,10 @@ func TestVMSAFields(t *testing.T) {
 	}
 }
 
-// BenchmarkLaunchDigest compares the launch digest with plain SHA-384 over
-// the same page bytes in the same run; the ratio metric is digest
-// throughput as a percentage of plain SHA-384's.
+// BenchmarkLaunchDigest compares the launch digest of a 16 MiB kernel
+// region with plain streaming SHA-384 over the same bytes. Each iteration
+// runs both, back to back, so load from other processes hits both alike;
+// the %-of-sha384 metric is digest throughput as a share of SHA-384's.
 func BenchmarkLaunchDigest(b *testing.B) {
 	const size = 16 << 20
 	data := make([]byte, size)
@@ -260,26 +262,21 @@ func BenchmarkLaunchDigest(b *testing.B) {
 		b.Fatal(err)
 	}
 	l.VCPUs = []layout.VCPUState{boot.BootCPUState(0x100000)}
-	var plainNs, digestNs float64
-	b.Run("sha384", func(b *testing.B) {
-		b.SetBytes(size)
-		for i := 0; i < b.N; i++ {
-			h := sha512.New384()
-			h.Write(data)
-			h.Sum(nil)
+	var plain, digest time.Duration
+	b.SetBytes(size)
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		h := sha512.New384()
+		h.Write(data)
+		h.Sum(nil)
+		t1 := time.Now()
+		if _, err := LaunchDigest(l, 0); err != nil {
+			b.Fatal(err)
 		}
-		plainNs = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-	})
-	b.Run("launchdigest", func(b *testing.B) {
-		b.SetBytes(size)
-		for i := 0; i < b.N; i++ {
-			if _, err := LaunchDigest(l, 0); err != nil {
-				b.Fatal(err)
-			}
-		}
-		digestNs = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-		if plainNs > 0 {
-			b.ReportMetric(100*plainNs/digestNs, "%-of-sha384")
-		}
-	})
+		plain += t1.Sub(t0)
+		digest += time.Since(t1)
+	}
+	b.ReportMetric(float64(size)*float64(b.N)/plain.Seconds()/1e6, "sha384-MB/s")
+	b.ReportMetric(float64(size)*float64(b.N)/digest.Seconds()/1e6, "digest-MB/s")
+	b.ReportMetric(100*plain.Seconds()/digest.Seconds(), "%-of-sha384")
 }
