@@ -208,27 +208,21 @@ func (d *Device) Activate(a virtio.Activation) error {
 		return errors.New("blk: already active")
 	}
 	r := &run{q: a.Queues[0], fail: a.Fail, kick: make(chan struct{}, 1), stop: make(chan struct{})}
-	jobs := make(chan *virtio.Chain, Workers)
-	r.wg.Add(1 + Workers)
-	go d.dispatch(r, jobs)
+	r.wg.Add(Workers)
 	for range Workers {
-		go func() {
-			defer r.wg.Done()
-			for c := range jobs {
-				written := d.serve(c)
-				r.q.Complete(c.Head, written)
-			}
-		}()
+		go d.worker(r)
 	}
 	d.cur = r
 	r.kick <- struct{}{} // pick up buffers posted before DRIVER_OK
 	return nil
 }
 
-// dispatch pops chains on every kick and hands them to the workers.
-func (d *Device) dispatch(r *run, jobs chan<- *virtio.Chain) {
+// worker serves requests. Workers pop the queue themselves (Pop serialises
+// them), so a request reaches the disk without a hand-off between
+// goroutines; after taking a chain a worker passes the kick on, so a burst
+// of requests wakes as many workers as it needs.
+func (d *Device) worker(r *run) {
 	defer r.wg.Done()
-	defer close(jobs)
 	for {
 		select {
 		case <-r.stop:
@@ -236,6 +230,11 @@ func (d *Device) dispatch(r *run, jobs chan<- *virtio.Chain) {
 		case <-r.kick:
 		}
 		for {
+			select {
+			case <-r.stop:
+				return
+			default:
+			}
 			c, err := r.q.Pop()
 			if err != nil {
 				// The queue reported itself broken (DEVICE_NEEDS_RESET);
@@ -247,11 +246,10 @@ func (d *Device) dispatch(r *run, jobs chan<- *virtio.Chain) {
 				break
 			}
 			select {
-			case jobs <- c:
-			case <-r.stop:
-				// The chain is dropped: the driver is resetting the device.
-				return
+			case r.kick <- struct{}{}:
+			default:
 			}
+			r.q.Complete(c.Head, d.serve(c))
 		}
 	}
 }
