@@ -106,7 +106,7 @@ type Device struct {
 	closed bool
 }
 
-// run is one activation: the queue, its dispatcher and workers.
+// run is one activation: the queue and the workers serving it.
 type run struct {
 	q    *virtio.Queue
 	fail func(error)
@@ -194,7 +194,7 @@ func (d *Device) WriteConfig(offset uint64, data []byte) {
 	slog.Debug("blk: ignoring configuration write", "offset", offset)
 }
 
-// Activate implements virtio.Device: it starts the dispatcher and workers.
+// Activate implements virtio.Device: it starts the workers.
 func (d *Device) Activate(a virtio.Activation) error {
 	if len(a.Queues) != 1 {
 		return fmt.Errorf("blk: %d queues, want 1", len(a.Queues))
