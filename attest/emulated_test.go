@@ -648,3 +648,35 @@ func TestTDXZeroPadding(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestConcurrentVerify shares one policy and one set of roots between
+// goroutines, as a KBS does (run with -race): library options are built per
+// request, so nothing is shared mutable state.
+func TestConcurrentVerify(t *testing.T) {
+	s := newSNPCase(t)
+	snpEv := s.evidence(t)
+	d := newTDXCase(t)
+	tdxEv := tdxEvidence(d.quote(t))
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for i := 0; i < 8; i++ {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_, err := attest.Verify(attest.SNP, snpEv, s.policy)
+			errs <- err
+		}()
+		go func() {
+			defer wg.Done()
+			_, err := attest.Verify(attest.TDX, tdxEv, d.policy)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
