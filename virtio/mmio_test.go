@@ -489,7 +489,6 @@ func TestClose(t *testing.T) {
 	}
 }
 
-var _ = errors.Is
 
 func TestAccessPlatformOption(t *testing.T) {
 	mem := virtiotest.NewMemory(1 << 20)
@@ -518,5 +517,36 @@ func TestAccessPlatformOption(t *testing.T) {
 	}
 	if d.Features&virtio.FeatureAccessPlatform == 0 {
 		t.Fatal("ACCESS_PLATFORM not negotiated")
+	}
+}
+
+func TestConfigGenerationAndDeviceFailure(t *testing.T) {
+	e := newEcho()
+	d := virtiotest.New(e, 1<<20)
+	if err := d.Init(allFeatures, 8); err != nil {
+		t.Fatal(err)
+	}
+	gen := d.Read32(virtiotest.RegConfigGen)
+	e.mu.Lock()
+	act := e.act
+	e.mu.Unlock()
+	act.ConfigChanged()
+	if got := d.Read32(virtiotest.RegConfigGen); got != gen+1 {
+		t.Fatalf("config generation %d -> %d, want +1", gen, got)
+	}
+	if st := d.Read32(virtiotest.RegInterruptStatus); st&virtio.InterruptConfigChange == 0 {
+		t.Fatalf("interrupt status %#x lacks the config-change bit", st)
+	}
+	d.Write32(virtiotest.RegInterruptACK, virtio.InterruptConfigChange)
+	act.Fail(errors.New("backend gone"))
+	if s := d.Status(); s&virtio.StatusDeviceNeedsReset == 0 {
+		t.Fatalf("status %#x after Fail", s)
+	}
+	if st := d.Read32(virtiotest.RegInterruptStatus); st&virtio.InterruptConfigChange == 0 {
+		t.Fatal("no config-change interrupt after Fail")
+	}
+	d.Write32(virtiotest.RegStatus, 0)
+	if s := d.Status(); s != 0 {
+		t.Fatalf("status after reset %#x", s)
 	}
 }
