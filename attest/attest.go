@@ -165,6 +165,9 @@ type TDXClaims struct {
 	FMSPC         string    `json:"fmspc"`
 	// Collateral is true when TCB info / QE identity were checked.
 	Collateral bool `json:"collateral_checked"`
+	// EventLog is the number of events in the CC event log, which replayed
+	// to the quoted RTMRs; -1 when the evidence carried no log.
+	EventLog int `json:"event_log_events"`
 }
 
 // Verify checks Trustee-form evidence (the "primary_evidence" JSON value)

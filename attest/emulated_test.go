@@ -680,3 +680,60 @@ func TestConcurrentVerify(t *testing.T) {
 		}
 	}
 }
+
+// TestTDXEventLog sends a CC event log with the quote: it must replay to
+// the quoted RTMRs exactly.
+func TestTDXEventLog(t *testing.T) {
+	_, m := emulators(t)
+	// A log with one event extending RTMR1 (CC MR 2) with SHA-384("kernel").
+	log, rtmr1 := ccelOneEvent([]byte("kernel"))
+	c := newTDXCase(t)
+	c.params.RTMRs = [4][48]byte{{}, rtmr1, {}, {}}
+	q, err := m.Quote(c.params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, _ := json.Marshal(attest.NewTDXEvidence(q, log))
+	cl, err := attest.Verify(attest.TDX, ev, c.policy)
+	if err != nil || cl.TDX.EventLog != 1 {
+		t.Fatalf("matching log: %v %+v", err, cl)
+	}
+	c.params.RTMRs[1][0] ^= 1
+	q, _ = m.Quote(c.params)
+	ev, _ = json.Marshal(attest.NewTDXEvidence(q, log))
+	mustRefuse(t, "log not matching RTMR1", attest.TDX, ev, c.policy, "event log replays RTMR1")
+	// Without a log, the claims say so.
+	cl, err = attest.Verify(attest.TDX, tdxEvidence(q), c.policy)
+	if err != nil || cl.TDX.EventLog != -1 {
+		t.Fatalf("no log: %v %+v", err, cl)
+	}
+}
+
+// ccelOneEvent builds a minimal crypto-agile log (SHA-384 only) with one
+// event for CC MR 2 and returns it with the RTMR1 value it replays to.
+func ccelOneEvent(data []byte) ([]byte, [48]byte) {
+	le := binary.LittleEndian
+	spec := []byte("Spec ID Event03\x00")
+	spec = le.AppendUint32(spec, 0)
+	spec = append(spec, 0, 2, 0, 2)
+	spec = le.AppendUint32(spec, 1)
+	spec = le.AppendUint16(spec, 0x000C)
+	spec = le.AppendUint16(spec, 48)
+	spec = append(spec, 0)
+	var b []byte
+	b = le.AppendUint32(b, 0)
+	b = le.AppendUint32(b, 3)
+	b = append(b, make([]byte, 20)...)
+	b = le.AppendUint32(b, uint32(len(spec)))
+	b = append(b, spec...)
+	d := sha512.Sum384(data)
+	b = le.AppendUint32(b, 2)
+	b = le.AppendUint32(b, 0x80000001)
+	b = le.AppendUint32(b, 1)
+	b = le.AppendUint16(b, 0x000C)
+	b = append(b, d[:]...)
+	b = le.AppendUint32(b, uint32(len(data)))
+	b = append(b, data...)
+	var zero [48]byte
+	return b, sha512.Sum384(append(zero[:], d[:]...))
+}

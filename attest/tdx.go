@@ -257,6 +257,25 @@ func VerifyTDX(ev *TDXEvidence, p Policy) (*Claims, error) {
 	if len(rtmrs) != 4 {
 		return nil, fmt.Errorf("attest: tdx: quote has %d RTMRs, want 4", len(rtmrs))
 	}
+	// An event log, when sent, must replay to exactly the quoted RTMRs, as
+	// Trustee checks; its events then explain the RTMR values.
+	events := -1
+	if ev.CCEventLog != nil {
+		log, err := base64.StdEncoding.DecodeString(*ev.CCEventLog)
+		if err != nil {
+			return nil, fmt.Errorf("attest: tdx: cc_eventlog is not base64: %w", err)
+		}
+		replayed, evs, err := ReplayCCEL(log)
+		if err != nil {
+			return nil, err
+		}
+		for i := range replayed {
+			if !bytes.Equal(replayed[i][:], rtmrs[i]) {
+				return nil, fmt.Errorf("attest: tdx: event log replays RTMR%d to %s, the quote has %s", i, hexs(replayed[i][:]), hexs(rtmrs[i]))
+			}
+		}
+		events = len(evs)
+	}
 	if p.RTMRs != nil && !rtmrsAllowed(p.RTMRs, rtmrs) {
 		return nil, errors.New("attest: tdx: RTMR values are not allowed by the policy")
 	}
@@ -288,6 +307,7 @@ func VerifyTDX(ev *TDXEvidence, p Policy) (*Claims, error) {
 			PCESVN:        binary.LittleEndian.Uint16(h.GetPceSvn()),
 			FMSPC:         fmspc,
 			Collateral:    collateral,
+			EventLog:      events,
 		},
 	}
 	for i := range rtmrs {
