@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"sort"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -13,9 +15,19 @@ import (
 const bucketAudit = "audit"
 
 // BoltStore is the embedded store: one bbolt file, fsync on every commit.
+// Sessions (five-minute, single-use protocol state) are kept in memory
+// instead: they need no durability (a restarted KBS just makes guests
+// authenticate again) and writing them would cost three fsyncs per flow.
 type BoltStore struct {
 	db *bolt.DB
+
+	mu       sync.Mutex
+	sessions map[string][]byte
 }
+
+// auditBatchDelay bounds how long an audit append waits to share an fsync
+// with concurrent appends.
+const auditBatchDelay = time.Millisecond
 
 // OpenBoltStore opens (creating if needed) the bbolt file at path. The file is
 // locked, so a second server on the same file fails fast instead of corrupting it.
@@ -36,7 +48,8 @@ func OpenBoltStore(path string) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("kbs: bolt store %s: %w", path, err)
 	}
-	return &BoltStore{db: db}, nil
+	db.MaxBatchDelay = auditBatchDelay
+	return &BoltStore{db: db, sessions: map[string][]byte{}}, nil
 }
 
 func bucketOf(tx *bolt.Tx, name string) (*bolt.Bucket, error) {
@@ -49,6 +62,15 @@ func bucketOf(tx *bolt.Tx, name string) (*bolt.Bucket, error) {
 
 // Get implements Store.
 func (s *BoltStore) Get(_ context.Context, bucket, key string) ([]byte, error) {
+	if bucket == bucketSessions {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		v, ok := s.sessions[key]
+		if !ok {
+			return nil, ErrNotFound
+		}
+		return append([]byte(nil), v...), nil
+	}
 	var out []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b, err := bucketOf(tx, bucket)
@@ -67,6 +89,12 @@ func (s *BoltStore) Get(_ context.Context, bucket, key string) ([]byte, error) {
 
 // Put implements Store.
 func (s *BoltStore) Put(_ context.Context, bucket, key string, value []byte) error {
+	if bucket == bucketSessions {
+		s.mu.Lock()
+		s.sessions[key] = append([]byte(nil), value...)
+		s.mu.Unlock()
+		return nil
+	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b, err := bucketOf(tx, bucket)
 		if err != nil {
@@ -78,6 +106,13 @@ func (s *BoltStore) Put(_ context.Context, bucket, key string, value []byte) err
 
 // Delete implements Store.
 func (s *BoltStore) Delete(_ context.Context, bucket, key string) (bool, error) {
+	if bucket == bucketSessions {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		_, ok := s.sessions[key]
+		delete(s.sessions, key)
+		return ok, nil
+	}
 	existed := false
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b, err := bucketOf(tx, bucket)
@@ -92,6 +127,16 @@ func (s *BoltStore) Delete(_ context.Context, bucket, key string) (bool, error) 
 
 // List implements Store.
 func (s *BoltStore) List(_ context.Context, bucket string) ([]string, error) {
+	if bucket == bucketSessions {
+		s.mu.Lock()
+		keys := make([]string, 0, len(s.sessions))
+		for k := range s.sessions {
+			keys = append(keys, k)
+		}
+		s.mu.Unlock()
+		sort.Strings(keys)
+		return keys, nil
+	}
 	var keys []string
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b, err := bucketOf(tx, bucket)
@@ -108,6 +153,24 @@ func (s *BoltStore) List(_ context.Context, bucket string) ([]string, error) {
 
 // Update implements Store; bbolt serialises writers, so fn runs once.
 func (s *BoltStore) Update(_ context.Context, bucket, key string, fn func(old []byte) ([]byte, error)) error {
+	if bucket == bucketSessions {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		var old []byte
+		if v, ok := s.sessions[key]; ok {
+			old = append([]byte(nil), v...)
+		}
+		nv, err := fn(old)
+		if err != nil {
+			return err
+		}
+		if nv == nil {
+			delete(s.sessions, key)
+		} else {
+			s.sessions[key] = nv
+		}
+		return nil
+	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b, err := bucketOf(tx, bucket)
 		if err != nil {
@@ -130,6 +193,18 @@ func (s *BoltStore) Update(_ context.Context, bucket, key string, fn func(old []
 
 // Sweep implements Store.
 func (s *BoltStore) Sweep(_ context.Context, bucket string, expired func([]byte) bool) (int, error) {
+	if bucket == bucketSessions {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		n := 0
+		for k, v := range s.sessions {
+			if expired(v) {
+				delete(s.sessions, k)
+				n++
+			}
+		}
+		return n, nil
+	}
 	n := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b, err := bucketOf(tx, bucket)
@@ -156,9 +231,10 @@ func (s *BoltStore) Sweep(_ context.Context, bucket string, expired func([]byte)
 	return n, err
 }
 
-// AppendAudit implements Store.
+// AppendAudit implements Store. Concurrent appends share one commit (bbolt
+// Batch); each returns only after the commit is on disk.
 func (s *BoltStore) AppendAudit(_ context.Context, e AuditEntry) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.db.Batch(func(tx *bolt.Tx) error {
 		b, err := bucketOf(tx, bucketAudit)
 		if err != nil {
 			return err
