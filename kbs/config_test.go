@@ -38,3 +38,27 @@ func TestLoadConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployConfigs checks that the shipped example configurations load.
+func TestDeployConfigs(t *testing.T) {
+	if _, err := LoadConfig("../deploy/kbs.example.json"); err != nil {
+		t.Fatal(err)
+	}
+	cm, err := os.ReadFile("../deploy/k8s/configmap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, body, ok := strings.Cut(string(cm), "kbs.json: |\n")
+	if !ok {
+		t.Fatal("configmap has no kbs.json")
+	}
+	p := filepath.Join(t.TempDir(), "kbs.json")
+	os.WriteFile(p, []byte(body), 0o600)
+	c, err := LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Store.Type != "postgres" || c.Store.DSNEnv == "" || c.KEKEnv == "" {
+		t.Fatalf("k8s config: %+v", c)
+	}
+}
