@@ -348,6 +348,11 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) int {
 	if claims.TEE != sess.TEE {
 		return s.refuseAttest(w, r, sid, attestFailure{"evidence", "claims for tee " + claims.TEE}, sess.TEE, claims.Measurement)
 	}
+	if att.InitData != nil {
+		if err := checkInitData(claims, att.InitData); err != nil {
+			return s.refuseAttest(w, r, sid, attestFailure{"init_data", err.Error()}, sess.TEE, claims.Measurement)
+		}
+	}
 	rdc := RuntimeDataClaims{Nonce: att.RuntimeData.Nonce, TEEPubKey: att.RuntimeData.TEEPubKey, AdditionalEvidence: att.TEEEvidence.AdditionalEvidence}
 	token, err := s.tokens.Issue(claims, rdc, now)
 	if err != nil {

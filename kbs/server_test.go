@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"github.com/krun-tee/krun-tee/kbs/evidence"
 	"strings"
 	"testing"
 	"time"
@@ -183,7 +184,10 @@ func TestOtherMeasurement(t *testing.T) {
 }
 
 func TestUnregisteredResourceLooksLikeForbidden(t *testing.T) {
-	fx := fakeFixture()
+	forEachFixture(t, testUnregisteredResource)
+}
+
+func testUnregisteredResource(t *testing.T, fx teeFixture) {
 	e := newEnv(t, fx, envOptions{})
 	meas := randMeas()
 	e.register("wl", fx.tee, meas, "r/t/mine", []byte("mine"))
@@ -191,7 +195,7 @@ func TestUnregisteredResourceLooksLikeForbidden(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Listed in a workload but never set.
-	if _, err := e.admin.Register(context.Background(), &Workload{ID: "wl2", TEE: "snp", Measurements: []string{strings.Repeat("ab", 48)},
+	if _, err := e.admin.Register(context.Background(), &Workload{ID: "wl2", TEE: string(fx.tee), Measurements: []string{strings.Repeat("ab", 48)},
 		Resources: []string{"r/t/unset"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -499,5 +503,44 @@ func TestEmulatedNeedsOptIn(t *testing.T) {
 	}
 	if !e.auditHas(AuditRefuse, "emulated evidence, workload wants hardware") {
 		t.Fatal("reason not audited")
+	}
+}
+
+func TestInitDataBinding(t *testing.T) {
+	fx := emulatedSNPFixture(t)
+	trusted, _ := emulatedPSPs(t)
+	e := newEnv(t, fx, envOptions{})
+	meas := randMeas()
+	e.register("wl", fx.tee, meas, "r/t/tag", []byte("s"))
+	body := "algorithm = \"sha384\"\nversion = \"0.1.0\"\n[data]\n\"kbs.url\" = \"https://kbs\"\n"
+	digest, err := initDataDigest(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name     string
+		hostData []byte
+		want     int
+	}{
+		{"bound", digest[:32], 200},
+		{"not bound", make([]byte, 32), 401},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := snpProvider(trusted, meas).(*evidence.EmulatedSNP)
+			copy(p.Params.HostData[:], c.hostData)
+			cookie, nonce := e.auth(fx.tee)
+			ab, _ := attestBody(t, p, nonce)
+			var a Attestation
+			json.Unmarshal([]byte(ab), &a)
+			a.InitData = &InitData{Format: "toml", Body: body}
+			tb, _ := json.Marshal(a)
+			st, b, _ := e.raw("POST", "/kbs/v0/attest", string(tb), cookieHdr(cookie))
+			if st != c.want {
+				t.Fatalf("status %d, want %d: %s", st, c.want, b)
+			}
+		})
+	}
+	if _, err := initDataDigest("algorithm = \"md5\"\n"); err == nil {
+		t.Fatal("md5 accepted")
 	}
 }
