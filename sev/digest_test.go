@@ -245,6 +245,16 @@ func TestVMSAFields(t *testing.T) {
 	if _, err := VMSA(s, 0); err == nil {
 		t.Error("SEV_FEATURES without SNPActive accepted")
 	}
+	armed := s
+	armed.DR7 = 0x401
+	if _, err := VMSA(armed, 1); err == nil {
+		t.Error("VMSA with DR7 breakpoints accepted (KVM refuses to launch it)")
+	}
+	withCR2 := s
+	withCR2.CR2 = 0x1234
+	if c, _ := VMSA(withCR2, 0x21); !bytes.Equal(c, v) {
+		t.Error("CR2 changed the VMSA; KVM does not sync it before launch")
+	}
 }
 
 // BenchmarkLaunchDigest compares the launch digest of a 16 MiB kernel

@@ -59,7 +59,11 @@ const (
 
 // Bits KVM forces when it copies a vCPU's state into the VMSA
 // (arch/x86/kvm/svm: svm_set_efer, svm_set_cr0/cr4, kvm_set_dr,
-// sev_es_sync_vmsa). Modelling them here keeps the predicted measurement
+// sev_es_sync_vmsa; checked against Linux 6.12). KVM starts the VMSA as a
+// copy of the VMCB save area, so the MSR-backed fields there (STAR, LSTAR,
+// CSTAR, SFMASK, KERNEL_GS_BASE, SYSENTER_*, DEBUGCTL, SPEC_CTRL) are
+// measured too: the VMM must leave them zero, which is what this builder
+// writes. Modelling them here keeps the predicted measurement
 // equal to what real hardware reports for the same layout.VCPUState.
 const (
 	eferSVME      = 1 << 12    // KVM always sets EFER.SVME in the guest's VMCB
@@ -107,6 +111,11 @@ func VMSA(s layout.VCPUState, sevFeatures uint64) ([]byte, error) {
 		return nil, fmt.Errorf("sev: SEV_FEATURES %#x lacks SNPActive", sevFeatures)
 	}
 	s = ResetDefaults(s)
+	// sev_es_sync_vmsa refuses (EINVAL) to encrypt a VMSA whose DR7 has
+	// any bit beyond the fixed one: there is no such launch to measure.
+	if s.DR7 != dr7FixedOnes {
+		return nil, fmt.Errorf("sev: DR7 %#x: KVM launches SEV-SNP vCPUs only with DR7 = %#x", s.DR7, dr7FixedOnes)
+	}
 	v := make([]byte, VMSASize)
 	le := binary.LittleEndian
 	putSeg := func(off int, g layout.Segment) {
@@ -136,7 +145,9 @@ func VMSA(s layout.VCPUState, sevFeatures uint64) ([]byte, error) {
 	le.PutUint64(v[vmsaCR4:], s.CR4|cr4MCE)
 	le.PutUint64(v[vmsaCR3:], s.CR3)
 	le.PutUint64(v[vmsaCR0:], s.CR0&^(cr0CD|cr0NW))
-	le.PutUint64(v[vmsaCR2:], s.CR2)
+	// CR2 stays zero: KVM copies vcpu->arch.cr2 into the VMCB only on VM
+	// entry, which has not happened when the VMSA is synced.
+	le.PutUint64(v[vmsaCR2:], 0)
 	le.PutUint64(v[vmsaDR7:], s.DR7)
 	le.PutUint64(v[vmsaDR6:], s.DR6)
 	le.PutUint64(v[vmsaRFLAGS:], s.RFLAGS)
