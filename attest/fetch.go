@@ -114,6 +114,7 @@ func (f *Fetcher) get(rawURL string) (map[string][]string, []byte, error) {
 // sevGetter adapts a Fetcher to go-sev-guest's trust.HTTPSGetter.
 type sevGetter struct{ f *Fetcher }
 
+// Get fetches u through the Fetcher.
 func (g sevGetter) Get(u string) ([]byte, error) {
 	_, b, err := g.f.get(u)
 	return b, err
@@ -127,6 +128,7 @@ type tdxGetter struct {
 	f       *Fetcher
 }
 
+// Get serves u from the offline answers, else through the Fetcher if any.
 func (g tdxGetter) Get(u string) (map[string][]string, []byte, error) {
 	if r, ok := g.offline[u]; ok {
 		return r.Header, r.Body, nil
@@ -142,6 +144,7 @@ func (g tdxGetter) Get(u string) (map[string][]string, []byte, error) {
 // DisableCertFetching still cannot reach the network.
 type offlineSEVGetter struct{}
 
+// Get always fails.
 func (offlineSEVGetter) Get(u string) ([]byte, error) {
 	return nil, fmt.Errorf("attest: %s: network fetching is disabled", u)
 }
