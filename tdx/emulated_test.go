@@ -1,7 +1,10 @@
 package tdx
 
 import (
+	"bytes"
 	"crypto/rand"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -127,5 +130,53 @@ func BenchmarkEmulatedTDXVerify(b *testing.B) {
 		if _, err := attest.Verify(attest.TDX, ev, pol); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// pcsTransport plays Intel PCS from the emulated collateral, so the
+// network path (Fetcher -> go-tdx-guest GetCollateral) is tested offline.
+type pcsTransport struct {
+	answers map[string]attest.PCSResponse
+	hits    int
+}
+
+func (p *pcsTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	p.hits++
+	a, ok := p.answers[r.URL.String()]
+	if !ok {
+		return &http.Response{StatusCode: http.StatusNotFound, Body: io.NopCloser(strings.NewReader("")), Request: r}, nil
+	}
+	return &http.Response{StatusCode: http.StatusOK, Header: a.Header, Body: io.NopCloser(bytes.NewReader(a.Body)), Request: r}, nil
+}
+
+func TestCollateralThroughFetcher(t *testing.T) {
+	m, err := NewEmulatedModuleInMemory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := qparams()
+	ev, err := m.Evidence(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certOnly, _ := attest.NewEmulatedRoots(nil, nil, m.Root(), nil)
+	tr := &pcsTransport{answers: m.pcs}
+	pol := attest.Policy{ReportData: q.ReportData[:], Measurements: [][]byte{q.MRTD[:]}, Roots: certOnly,
+		Fetcher: &attest.Fetcher{Client: &http.Client{Transport: tr}}, CheckRevocations: true}
+	c, err := attest.Verify(attest.TDX, ev, pol)
+	if err != nil || !c.TDX.Collateral {
+		t.Fatalf("collateral via fetcher: %v %+v", err, c)
+	}
+	if tr.hits != 4 { // TCB info, QE identity, PCK CRL, root CRL
+		t.Fatalf("%d PCS requests, want 4", tr.hits)
+	}
+	// Cached: a second verification makes no request.
+	if _, err := attest.Verify(attest.TDX, ev, pol); err != nil || tr.hits != 4 {
+		t.Fatalf("second verification: %v, %d requests", err, tr.hits)
+	}
+	// A PCS that fails refuses the quote (no silent fallback to no collateral).
+	pol.Fetcher = &attest.Fetcher{Client: &http.Client{Transport: &pcsTransport{}}}
+	if _, err := attest.Verify(attest.TDX, ev, pol); err == nil {
+		t.Fatal("verified without the collateral the policy asked for")
 	}
 }
