@@ -247,9 +247,17 @@ func (s *Server) handleAuth(w http.ResponseWriter, r *http.Request) int {
 		State: stateAuthed, Created: now, Expires: now.Add(s.lifetime)}
 	v, _ := json.Marshal(sess)
 	if err := s.store.Put(r.Context(), bucketSessions, sess.ID, v); err != nil {
-		s.log.Error("kbs session store failed", "err", err)
-		writeProblem(w, http.StatusServiceUnavailable, kindInternal, "session store unavailable")
-		return http.StatusServiceUnavailable
+		if errors.Is(err, ErrTooManySessions) {
+			// Sweep now rather than wait for the next tick, then retry once.
+			if n, _ := s.SweepSessions(r.Context()); n > 0 {
+				err = s.store.Put(r.Context(), bucketSessions, sess.ID, v)
+			}
+		}
+		if err != nil {
+			s.log.Error("kbs session store failed", "err", err)
+			writeProblem(w, http.StatusServiceUnavailable, kindInternal, "session store unavailable")
+			return http.StatusServiceUnavailable
+		}
 	}
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: sess.ID, Path: "/kbs/v0", Expires: sess.Expires,
 		HttpOnly: true, SameSite: http.SameSiteStrictMode})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -21,9 +22,18 @@ const bucketAudit = "audit"
 type BoltStore struct {
 	db *bolt.DB
 
-	mu       sync.Mutex
-	sessions map[string][]byte
+	mu          sync.Mutex
+	sessions    map[string][]byte
+	maxSessions int
 }
+
+// maxMemSessions caps live in-memory sessions so a flood of auth requests
+// cannot exhaust memory; at the cap, new sessions are refused until old ones
+// expire (sessions last five minutes).
+const maxMemSessions = 1 << 17
+
+// ErrTooManySessions is returned when the session table is full.
+var ErrTooManySessions = errors.New("kbs: too many live sessions")
 
 // auditBatchDelay bounds how long an audit append waits to share an fsync
 // with concurrent appends.
@@ -49,7 +59,7 @@ func OpenBoltStore(path string) (*BoltStore, error) {
 		return nil, fmt.Errorf("kbs: bolt store %s: %w", path, err)
 	}
 	db.MaxBatchDelay = auditBatchDelay
-	return &BoltStore{db: db, sessions: map[string][]byte{}}, nil
+	return &BoltStore{db: db, sessions: map[string][]byte{}, maxSessions: maxMemSessions}, nil
 }
 
 func bucketOf(tx *bolt.Tx, name string) (*bolt.Bucket, error) {
@@ -91,8 +101,11 @@ func (s *BoltStore) Get(_ context.Context, bucket, key string) ([]byte, error) {
 func (s *BoltStore) Put(_ context.Context, bucket, key string, value []byte) error {
 	if bucket == bucketSessions {
 		s.mu.Lock()
+		defer s.mu.Unlock()
+		if _, exists := s.sessions[key]; !exists && len(s.sessions) >= s.maxSessions {
+			return ErrTooManySessions
+		}
 		s.sessions[key] = append([]byte(nil), value...)
-		s.mu.Unlock()
 		return nil
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {

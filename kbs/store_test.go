@@ -142,3 +142,24 @@ func TestPostgresStore(t *testing.T) {
 	defer st.Close()
 	testStoreConformance(t, st)
 }
+
+func TestBoltSessionCap(t *testing.T) {
+	st, err := OpenBoltStore(filepath.Join(t.TempDir(), "kbs.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.maxSessions = 3
+	ctx := context.Background()
+	for i := 0; i < 3; i++ {
+		if err := st.Put(ctx, bucketSessions, strconv.Itoa(i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Put(ctx, bucketSessions, "3", []byte("x")); !errors.Is(err, ErrTooManySessions) {
+		t.Fatalf("over the cap: %v", err)
+	}
+	if err := st.Put(ctx, bucketSessions, "1", []byte("y")); err != nil {
+		t.Fatalf("overwrite at the cap: %v", err)
+	}
+}
