@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,11 +52,32 @@ func flowCrypto(b *testing.B, fx teeFixture, v Verifier, ts *TokenSigner, meas [
 	}
 }
 
+// measureCryptoRate runs n flowCrypto calls on GOMAXPROCS goroutines and
+// returns flows per second.
+func measureCryptoRate(b *testing.B, fx teeFixture, v Verifier, ts *TokenSigner, meas, secret []byte, n int) float64 {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				flowCrypto(b, fx, v, ts, meas, secret)
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n) / time.Since(start).Seconds()
+}
+
 // BenchmarkKBSFlow measures full RCAR flows (auth, attest with emulated
 // evidence, resource) by concurrent clients against a real loopback server
 // with the bbolt store, and beside it, in the same run, the rate of the
 // flow's own cryptography on all cores. Reported: flows/s, p50/p99 latency
-// and flow rate as a fraction of the crypto-bound rate.
+// and flow rate as a fraction of the crypto-bound rate (the higher of the
+// rates measured just before and just after the flows, so load drift on a
+// shared machine cannot flatter the ratio).
 func BenchmarkKBSFlow(b *testing.B) {
 	for _, mk := range emulatedFixtures {
 		fx := mk(b)
@@ -124,9 +146,12 @@ func BenchmarkKBSFlow(b *testing.B) {
 					b.ReportMetric(rate, "flows/s")
 					b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 					b.ReportMetric(float64(lat[min(len(lat)-1, len(lat)*99/100)].Microseconds())/1000, "p99-ms")
-					if cryptoRate > 0 {
-						b.ReportMetric(rate/cryptoRate, "of-crypto-rate")
-					}
+					// The machine's load drifts (shared CI hosts), so the crypto
+					// ceiling is measured again right after this run as well.
+					after := measureCryptoRate(b, fx, v, ts, meas, secret, max(64, b.N/2))
+					ref := max(cryptoRate, after)
+					b.ReportMetric(after, "crypto-flows/s")
+					b.ReportMetric(rate/ref, "of-crypto-rate")
 					b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "procs")
 				})
 			}
