@@ -200,3 +200,7 @@ func TestClientRetriesConnectionErrorsOnly(t *testing.T) {
 		t.Fatalf("refusal retried: %d dials", dials.Load())
 	}
 }
+
+func pinnedHTTPClient(roots *x509.CertPool) *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}
+}
