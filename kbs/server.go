@@ -260,7 +260,7 @@ func (s *Server) handleAuth(w http.ResponseWriter, r *http.Request) int {
 		}
 	}
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: sess.ID, Path: "/kbs/v0", Expires: sess.Expires,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode})
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
 	return writeJSON(w, http.StatusOK, Challenge{Nonce: sess.Nonce, ExtraParams: ""})
 }
 
@@ -651,7 +651,9 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request, sub stri
 		return st
 	}
 	var wl Workload
-	if err := decodeStrict(body, &wl); err != nil {
+	dec := json.NewDecoder(bytesReader(body))
+	dec.DisallowUnknownFields() // an operator's typo must not silently drop a check
+	if err := dec.Decode(&wl); err != nil {
 		writeProblem(w, http.StatusBadRequest, kindBadRequest, "workload: "+err.Error())
 		return http.StatusBadRequest
 	}

@@ -379,6 +379,12 @@ func TestAdminCRUD(t *testing.T) {
 	if st != 400 {
 		t.Fatalf("invalid workload: %d %s", st, b)
 	}
+	// A misspelt field is an error, not a silently skipped check.
+	st, b, _ = e.raw("PUT", "/kbs/v0/admin/workload/typo", `{"id":"typo","tee":"snp","measurements":["`+strings.Repeat("00", 48)+`"],"resources":["r/t/a"],"host_date":"00"}`,
+		map[string]string{"Authorization": "Bearer " + mustToken(t, e)})
+	if st != 400 || !strings.Contains(string(b), "host_date") {
+		t.Fatalf("unknown field: %d %s", st, b)
+	}
 	// Rotate the secret: the next flow gets the new value.
 	if err := e.admin.SetResource(ctx, "r/t/a", []byte("v2")); err != nil {
 		t.Fatal(err)
