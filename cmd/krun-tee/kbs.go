@@ -37,6 +37,22 @@ const kbsUsage = `usage:
       list
       audit [--after N] [--limit N]
   krun-tee kbs admin-key gen --out FILE
+
+Configuration file (JSON; unknown fields are errors):
+  {
+    "listen": "0.0.0.0:8443",
+    "tls_cert": "/etc/krun-tee-kbs/tls.crt",      chain including the CA guests pin
+    "tls_key": "/etc/krun-tee-kbs/tls.key",       omit both for plain HTTP (loopback/vsock)
+    "store": {"type": "bolt", "path": "/var/lib/krun-tee-kbs/kbs.db"},
+          or {"type": "postgres", "dsn": "postgres://..."} / {"type": "postgres", "dsn_env": "VAR"}
+    "kek_file": "/etc/krun-tee-kbs/kek",          32 raw bytes or 64 hex characters
+          or "kek_env": "KRUN_TEE_KBS_KEK"
+    "admin_public_key": "/etc/krun-tee-kbs/admin.pub",  omitted: every admin call is refused
+    "token_key_file": "",                         optional P-256 PKCS#8 PEM; default: shared key in the store
+    "emulated_roots": [],                         emulated root dirs to trust (CI/dev only)
+    "session_lifetime": "5m",
+    "max_body_bytes": 1048576
+  }
 `
 
 func runKBS(ctx context.Context, args []string) error {
@@ -60,7 +76,7 @@ func runKBS(ctx context.Context, args []string) error {
 }
 
 func kbsServe(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := newFlagSet("kbs serve", "kbs serve --config FILE | --dev --listen ADDR --state DIR", stderr)
+	fs := newFlagSet("kbs serve", "kbs serve --config FILE | --dev --listen ADDR --state DIR\n(run 'krun-tee kbs help' for the configuration file format)", stderr)
 	config := fs.String("config", "", "configuration file (JSON, see kbs.Config)")
 	dev := fs.Bool("dev", false, "development mode: embedded store, generated admin key and emulated root in --state (loopback only)")
 	listen := fs.String("listen", "127.0.0.1:8080", "listen address (dev mode)")
