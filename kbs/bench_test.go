@@ -81,80 +81,89 @@ func measureCryptoRate(b *testing.B, fx teeFixture, v Verifier, ts *TokenSigner,
 func BenchmarkKBSFlow(b *testing.B) {
 	for _, mk := range emulatedFixtures {
 		fx := mk(b)
-		b.Run(fx.name, func(b *testing.B) {
-			e := newEnv(b, fx, envOptions{})
-			meas := randMeas()
-			secret := []byte("benchmark-disk-key")
-			e.register("bench", fx.tee, meas, "bench/disk/key", secret)
-			der, _ := GenerateTokenKey()
-			ts, _ := NewTokenSigner(der)
-			v := fx.verifier(b)
+		b.Run(fx.name, func(b *testing.B) { benchFlows(b, fx, envOptions{}, []int{1, 16, 64}) })
+	}
+}
 
-			var cryptoRate float64
-			b.Run("crypto", func(b *testing.B) {
-				b.SetParallelism(1)
-				start := time.Now()
-				b.RunParallel(func(pb *testing.PB) {
-					for pb.Next() {
-						flowCrypto(b, fx, v, ts, meas, secret)
-					}
-				})
-				cryptoRate = float64(b.N) / time.Since(start).Seconds()
-				b.ReportMetric(cryptoRate, "flows/s")
-			})
-			for _, clients := range []int{1, 16, 64} {
-				b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
-					lat := make([]time.Duration, b.N)
-					var next int64
-					var mu sync.Mutex
-					var wg sync.WaitGroup
-					errs := make(chan error, clients)
-					b.ResetTimer()
-					start := time.Now()
-					for w := 0; w < clients; w++ {
-						wg.Add(1)
-						go func() {
-							defer wg.Done()
-							c := e.client(fx.provider(b, meas), fx.tee)
-							for {
-								mu.Lock()
-								i := next
-								next++
-								mu.Unlock()
-								if i >= int64(b.N) {
-									return
-								}
-								t0 := time.Now()
-								got, err := c.GetResource(context.Background(), "bench/disk/key")
-								lat[i] = time.Since(t0)
-								if err != nil || string(got) != string(secret) {
-									errs <- fmt.Errorf("flow: %v", err)
-									return
-								}
-							}
-						}()
-					}
-					wg.Wait()
-					elapsed := time.Since(start)
-					b.StopTimer()
-					close(errs)
-					for err := range errs {
-						b.Fatal(err)
-					}
-					sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-					rate := float64(b.N) / elapsed.Seconds()
-					b.ReportMetric(rate, "flows/s")
-					b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-					b.ReportMetric(float64(lat[min(len(lat)-1, len(lat)*99/100)].Microseconds())/1000, "p99-ms")
-					// The machine's load drifts (shared CI hosts), so the crypto
-					// ceiling is measured again right after this run as well.
-					after := measureCryptoRate(b, fx, v, ts, meas, secret, max(64, b.N/2))
-					ref := max(cryptoRate, after)
-					b.ReportMetric(after, "crypto-flows/s")
-					b.ReportMetric(rate/ref, "of-crypto-rate")
-					b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "procs")
-				})
+// BenchmarkKBSFlowPostgres is the same measurement with the PostgreSQL
+// store (what replicas use), emulated SNP evidence.
+func BenchmarkKBSFlowPostgres(b *testing.B) {
+	dsn := startPostgres(b)
+	st, err := OpenPostgresStore(context.Background(), dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	benchFlows(b, emulatedSNPFixture(b), envOptions{store: st}, []int{16, 64})
+}
+
+func benchFlows(b *testing.B, fx teeFixture, o envOptions, clientCounts []int) {
+	e := newEnv(b, fx, o)
+	meas := randMeas()
+	secret := []byte("benchmark-disk-key")
+	e.register("bench", fx.tee, meas, "bench/disk/key", secret)
+	der, _ := GenerateTokenKey()
+	ts, _ := NewTokenSigner(der)
+	v := fx.verifier(b)
+
+	var cryptoRate float64
+	b.Run("crypto", func(b *testing.B) {
+		start := time.Now()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				flowCrypto(b, fx, v, ts, meas, secret)
 			}
+		})
+		cryptoRate = float64(b.N) / time.Since(start).Seconds()
+		b.ReportMetric(cryptoRate, "flows/s")
+	})
+	for _, clients := range clientCounts {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			lat := make([]time.Duration, b.N)
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			errs := make(chan error, clients)
+			b.ResetTimer()
+			start := time.Now()
+			for w := 0; w < clients; w++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c := e.client(fx.provider(b, meas), fx.tee)
+					for {
+						i := next.Add(1) - 1
+						if i >= int64(b.N) {
+							return
+						}
+						t0 := time.Now()
+						got, err := c.GetResource(context.Background(), "bench/disk/key")
+						lat[i] = time.Since(t0)
+						if err != nil || string(got) != string(secret) {
+							errs <- fmt.Errorf("flow: %v", err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			close(errs)
+			for err := range errs {
+				b.Fatal(err)
+			}
+			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+			rate := float64(b.N) / elapsed.Seconds()
+			b.ReportMetric(rate, "flows/s")
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(lat[min(len(lat)-1, len(lat)*99/100)].Microseconds())/1000, "p99-ms")
+			// The machine's load drifts (shared CI hosts), so the crypto
+			// ceiling is measured again right after this run as well.
+			after := measureCryptoRate(b, fx, v, ts, meas, secret, max(64, b.N/2))
+			ref := max(cryptoRate, after)
+			b.ReportMetric(after, "crypto-flows/s")
+			b.ReportMetric(rate/ref, "of-crypto-rate")
+			b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "procs")
 		})
 	}
 }
