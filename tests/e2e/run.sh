@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# krun-tee end-to-end harness (DESIGN.md section 6).
+#
+# The development and CI machines have no usable hardware KVM (their /dev/kvm
+# is kvm-pvm, which cannot run a Linux guest kernel), so by default the
+# scenarios run nested: QEMU's TCG emulator boots an "L1" VM with an emulated
+# AMD-V CPU (-cpu EPYC,+svm,+npt), where /dev/kvm works, and inside it
+# `krun-tee run` (and QEMU, as the reference VMM) boot the guest ("L2") on
+# the kernel from fw-sev/build-kernel.sh and the init from init/. On a host
+# whose /dev/kvm is a real KVM the same scenarios run directly on the host.
+#
+# Usage:
+#   tests/e2e/run.sh                       all scenarios (what `make e2e` runs)
+#   tests/e2e/run.sh --only echo,persist   just these scenarios (comma-separated)
+#   tests/e2e/run.sh --shell-cmd 'CMD'     ad-hoc nested session: run CMD (sh) in
+#                                          L1 instead of the scenarios
+#   options: --timeout SECS (whole L1 run, default 900)  --step-timeout SECS
+#            (one VM run, default 300)  --krun-tee PATH (default bin/krun-tee,
+#            built if missing)  --mode auto|nested|direct
+#
+# Scenarios: kvm (L1's /dev/kvm), qemu-echo, qemu-exit-status, qemu-persist
+# (QEMU microvm as the L2 VMM: validates kernel, init and images on their
+# own), echo, exit-status, persist, vsock, cpus, not-found, init-failure
+# (`krun-tee run --tee none`). See scenarios.sh.
+#
+# For VMM work, an ad-hoc session with the current bin/krun-tee:
+#   make build && tests/e2e/run.sh --shell-cmd \
+#     '$KRUN_TEE run --tee none --kernel $KERNEL --initrd $INITRD --disk $IMAGES/echo.img; echo status=$?'
+# In the command $KRUN_TEE, $KERNEL, $INITRD, $QEMU and $IMAGES (writable
+# copies of echo exit7 persist vsock cpus notfound noconfig .img) are set;
+# busybox provides the usual tools. `E2E_LIB=1 . $E2E_DIR/scenarios.sh` gives
+# the scenario helpers (krun NAME IMAGE ARGS..., qemu NAME IMAGE ARGS...,
+# expect NAME STATUS PATTERN). Output appears live and in the log.
+#
+# Results: `PASS name` / `FAIL name: reason` lines and `N passed, M failed`
+# from the serial console; the log is saved as tests/e2e/out/e2e-latest.log
+# (and a timestamped copy). Exits non-zero on any FAIL, a missing result,
+# or the timeout.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+out=$here/out
+work=$out/work
+
+only="" shell_cmd="" timeout=900 step_timeout=300 krun_tee="" mode=auto
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--only) only=$2; shift 2 ;;
+	--shell-cmd) shell_cmd=$2; shift 2 ;;
+	--timeout) timeout=$2; shift 2 ;;
+	--step-timeout) step_timeout=$2; shift 2 ;;
+	--krun-tee) krun_tee=$2; shift 2 ;;
+	--mode) mode=$2; shift 2 ;;
+	-h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+	*) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+	esac
+done
+all_scenarios="kvm qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus not-found init-failure"
+if [ -n "$shell_cmd" ]; then
+	expected="shell-cmd"
+elif [ -n "$only" ]; then
+	expected=${only//,/ }
+	for s in $expected; do
+		case " $all_scenarios " in *" $s "*) ;; *) echo "run.sh: unknown scenario $s (known: $all_scenarios)" >&2; exit 2 ;; esac
+	done
+else
+	expected=$all_scenarios
+fi
+[[ "$timeout" =~ ^[0-9]+$ && "$step_timeout" =~ ^[0-9]+$ ]] || { echo "run.sh: timeouts are whole seconds" >&2; exit 2; }
+
+log() { printf 'e2e: %s\n' "$*" >&2; }
+t_start=$(date +%s.%N)
+since() { awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+
+case "$mode" in
+auto) if [ -c /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ]; then mode=direct; else mode=nested; fi ;;
+nested | direct) ;;
+*) echo "run.sh: --mode must be auto, nested or direct" >&2; exit 2 ;;
+esac
+log "mode: $mode"
+
+# --- inputs --------------------------------------------------------------------
+vmlinux=$("$root/fw-sev/build-kernel.sh" --print-path 2>/dev/null) || vmlinux=$("$root/fw-sev/build-kernel.sh" | tail -n 1)
+rm -rf "$work"
+mkdir -p "$work/bin" "$work/e2e/images"
+export CGO_ENABLED=0 GOFLAGS=${GOFLAGS:--mod=mod}
+gobuild() { (cd "$root" && go build -trimpath -ldflags "-s -w" -o "$work/bin/$1" "$2"); }
+gobuild init ./init
+gobuild mkinitrd ./init/mkinitrd
+gobuild mkconfig ./tests/e2e/mkconfig
+gobuild vsockping ./tests/e2e/guest
+if [ -z "$krun_tee" ]; then
+	krun_tee=$root/bin/krun-tee
+	if [ ! -x "$krun_tee" ]; then
+		log "bin/krun-tee missing: building it"
+		krun_tee=$work/bin/krun-tee
+		# Not fatal: the QEMU scenarios still validate kernel, init and images,
+		# and the krun-tee ones then report "no krun-tee binary".
+		gobuild krun-tee ./cmd/krun-tee || { log "building krun-tee failed"; krun_tee=""; }
+	fi
+fi
+e2e=$work/e2e
+cp "$vmlinux" "$e2e/vmlinux"
+if [ -n "$krun_tee" ]; then cp "$krun_tee" "$e2e/krun-tee"; fi
+cp "$here/scenarios.sh" "$e2e/scenarios.sh"
+"$work/bin/mkinitrd" -o "$e2e/initrd.cpio" -init "$work/bin/init"
+log "$(since)s: binaries and guest initrd ready"
+
+# --- test disk images (plain ext4, no LUKS yet) -------------------------------
+busybox=$(command -v busybox)
+base=$work/rootfs-base
+mkdir -p "$base"/{bin,usr/bin,proc,sys,dev,run,tmp,data}
+cp "$busybox" "$base/bin/busybox"
+for applet in $("$busybox" --list); do
+	[ "$applet" = busybox ] || ln -sf busybox "$base/bin/$applet"
+done
+cp "$work/bin/vsockping" "$base/usr/bin/vsockping"
+token="persist-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+echo "PERSIST_TOKEN=$token" >"$e2e/images/token.sh"
+mkimage() { # NAME [mkconfig args] -- CMD...; no args after NAME = no config
+	local name=$1 dir=$work/rootfs-$1
+	shift
+	cp -a "$base" "$dir"
+	[ $# -eq 0 ] || "$work/bin/mkconfig" -o "$dir/.krun_config.json" "$@"
+	mke2fs -q -F -t ext4 -L "$name" -d "$dir" "$e2e/images/$name.img" 16M
+	rm -rf "$dir"
+}
+mkimage echo -env PATH=/bin:/usr/bin -- sh -c 'echo krun-e2e-hello from $(uname -sr) at $(cut -d" " -f1 /proc/uptime)'
+mkimage exit7 -env PATH=/bin:/usr/bin -- sh -c 'echo about to exit 7; exit 7'
+# First boot writes the token; the second finds it and checks that the
+# filesystem was left clean (no journal recovery at mount).
+mkimage persist -env PATH=/bin:/usr/bin -env "TOKEN=$token" -- sh -c \
+	'if [ -f /data/mark ]; then c=clean; dmesg | grep -q "EXT4-fs.*recover" && c=unclean; echo "found $(cat /data/mark) $c"; else echo "$TOKEN" > /data/mark; echo "wrote $TOKEN"; fi'
+mkimage vsock -env PATH=/bin:/usr/bin -- vsockping -port 1234 krun-vsock-ping
+mkimage cpus -env PATH=/bin:/usr/bin -- sh -c 'n=$(grep -c ^processor /proc/cpuinfo); echo cpus=$n nproc=$(nproc); test "$n" = 2'
+mkimage notfound -env PATH=/bin:/usr/bin -- no-such-command
+mkimage noconfig
+rm -rf "$base"
+log "$(since)s: test images ready ($(du -sh "$e2e/images" | cut -f1))"
+
+{
+	printf 'ONLY=%q\n' "$only"
+	printf 'STEP_TIMEOUT=%q\n' "$step_timeout"
+	if [ -n "$shell_cmd" ]; then echo "SHELL_CMD=@E2E_DIR@/shell-cmd"; else echo "SHELL_CMD="; fi
+} >"$e2e/config.sh"
+[ -z "$shell_cmd" ] || printf '%s\n' "$shell_cmd" >"$e2e/shell-cmd"
+
+mkdir -p "$out"
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+logfile=$out/e2e-$stamp.log
+status=0
+
+# --- run --------------------------------------------------------------------------
+if [ "$mode" = direct ]; then
+	sed -i "s|@E2E_DIR@|$e2e|" "$e2e/config.sh"
+	# shellcheck disable=SC1091
+	. "$e2e/config.sh"
+	log "$(since)s: running the scenarios directly on this host's KVM"
+	E2E_DIR=$e2e WORK=$work/run KRUN_TEE=$e2e/krun-tee QEMU=$(command -v qemu-system-x86_64 || true) \
+		ONLY=$only SHELL_CMD=$SHELL_CMD STEP_TIMEOUT=$step_timeout \
+		timeout -k 10 "$timeout" sh "$e2e/scenarios.sh" 2>&1 | tee "$logfile" || status=$?
+else
+	sed -i "s|@E2E_DIR@|/e2e|" "$e2e/config.sh"
+	# L1's root: busybox, QEMU with the libraries and firmware it loads, and the
+	# test inputs under /e2e.
+	l1=$work/l1root
+	mkdir -p "$l1/bin" "$l1/usr/bin" "$l1/usr/share/qemu"
+	cp "$busybox" "$l1/bin/busybox"
+	for applet in $("$busybox" --list); do
+		[ "$applet" = busybox ] || ln -sf busybox "$l1/bin/$applet"
+	done
+	mv "$e2e" "$l1/e2e"
+	qemu=$(command -v qemu-system-x86_64)
+	cp "$qemu" "$l1/usr/bin/qemu-system-x86_64"
+	for lib in $(ldd "$qemu" | awk '/=> \// { print $3 } /^\t\// { print $1 }'); do
+		mkdir -p "$l1$(dirname "$lib")"
+		cp -L "$lib" "$l1$lib"
+	done
+	for fw in bios-microvm.bin pvh.bin qboot.rom linuxboot_dma.bin kvmvapic.bin; do
+		[ ! -f "/usr/share/qemu/$fw" ] || cp -L "/usr/share/qemu/$fw" "$l1/usr/share/qemu/"
+	done
+	"$work/bin/mkinitrd" -o "$work/l1.cpio" -init "$here/l1-init.sh" -tree "/=$l1"
+	log "$(since)s: L1 initramfs ready ($(du -h "$work/l1.cpio" | cut -f1)); booting L1 (TCG, timeout ${timeout}s)"
+	timeout -k 10 "$timeout" qemu-system-x86_64 \
+		-M microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off -accel tcg,thread=multi -smp 2 \
+		-cpu EPYC,+svm,+npt -m 3072 -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+		-kernel "$vmlinux" -initrd "$work/l1.cpio" -append "console=ttyS0 panic=-1 reboot=t quiet" \
+		</dev/null 2>&1 | sed -u 's/\r$//' | tee "$logfile" || status=$?
+	rm -rf "$l1" "$work/l1.cpio"
+fi
+cp "$logfile" "$out/e2e-latest.log"
+[ "$status" != 124 ] || log "TIMEOUT after ${timeout}s"
+
+# --- verdict ------------------------------------------------------------------
+fails=0
+echo "---- e2e results ($mode, $(since)s total; log $logfile)"
+for s in $expected; do
+	line=$(grep -E "^(PASS $s\$|FAIL $s:)" "$logfile" | tail -n 1 || true)
+	if [ -z "$line" ]; then line="FAIL $s: no result (VM died or timed out?)"; fi
+	case "$line" in PASS*) ;; *) fails=$((fails + 1)) ;; esac
+	t=$(grep -E "^TIME $s(-[0-9])? " "$logfile" | awk '{ printf "%s%s", sep, $3; sep="+" }' || true)
+	printf '%-60s %s\n' "$line" "${t:+($t)}"
+done
+summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$logfile" | tail -n 1 || true)
+if [ -z "$summary" ]; then
+	echo "FAIL: no summary line from the scenarios"
+	fails=$((fails + 1))
+else
+	echo "guest summary: $summary"
+fi
+grep -E '^E2E L1 (up|done)' "$logfile" || true
+[ "$fails" = 0 ] && [ "$status" = 0 ] || { echo "e2e: FAILED"; exit 1; }
+echo "e2e: all passed"
