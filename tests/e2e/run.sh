@@ -123,7 +123,7 @@ mkimage() { # NAME [mkconfig args] -- CMD...; no args after NAME = no config
 	shift
 	cp -a "$base" "$dir"
 	[ $# -eq 0 ] || "$work/bin/mkconfig" -o "$dir/.krun_config.json" "$@"
-	mke2fs -q -F -t ext4 -L "$name" -d "$dir" "$e2e/images/$name.img" 16M
+	mke2fs -q -F -t ext4 -b 4096 -L "$name" -d "$dir" "$e2e/images/$name.img" 16M
 	rm -rf "$dir"
 }
 mkimage echo -env PATH=/bin:/usr/bin -- sh -c 'echo krun-e2e-hello from $(uname -sr) at $(cut -d" " -f1 /proc/uptime)'
