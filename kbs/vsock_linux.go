@@ -1,0 +1,82 @@
+//go:build linux
+
+package kbs
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// VsockDialer returns a ClientOptions.Dial function that ignores the address
+// it is given and connects to (cid, port) over AF_VSOCK, so the in-guest init
+// reaches the KBS through the host's vsock relay while TLS (and the CA pin)
+// still run end to end with the URL's host name. Connection failures are
+// reported as dial errors, which the client retries with backoff.
+func VsockDialer(cid, port uint32) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, _, _ string) (net.Conn, error) {
+		c, err := dialVsock(ctx, cid, port)
+		if err != nil {
+			return nil, &net.OpError{Op: "dial", Net: "vsock", Addr: vsockAddr{cid, port}, Err: err}
+		}
+		return c, nil
+	}
+}
+
+// dialVsock connects a blocking socket in a goroutine (vsock's connect is
+// bounded by the kernel's connect timeout, two seconds by default) so the
+// caller can give up when ctx ends, then hands the connected socket to the Go
+// poller. A non-blocking connect cannot be used: vsock reports a socket that
+// is still connecting as writable.
+func dialVsock(ctx context.Context, cid, port uint32) (net.Conn, error) {
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- unix.Connect(fd, &unix.SockaddrVM{CID: cid, Port: port}) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		go func() { <-done; unix.Close(fd) }() // close once connect gives up
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("connect", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("setnonblock", err)
+	}
+	local := vsockAddr{}
+	if sa, err := unix.Getsockname(fd); err == nil {
+		if vm, ok := sa.(*unix.SockaddrVM); ok {
+			local = vsockAddr{CID: vm.CID, Port: vm.Port}
+		}
+	}
+	f := os.NewFile(uintptr(fd), fmt.Sprintf("vsock:%d:%d", cid, port))
+	return &vsockConn{File: f, local: local, remote: vsockAddr{cid, port}}, nil
+}
+
+// vsockAddr is an AF_VSOCK address.
+type vsockAddr struct{ CID, Port uint32 }
+
+func (a vsockAddr) Network() string { return "vsock" }
+func (a vsockAddr) String() string {
+	return strconv.FormatUint(uint64(a.CID), 10) + ":" + strconv.FormatUint(uint64(a.Port), 10)
+}
+
+// vsockConn adapts a connected, non-blocking vsock socket to net.Conn (the
+// net package's FileConn does not know AF_VSOCK).
+type vsockConn struct {
+	*os.File
+	local, remote vsockAddr
+}
+
+func (c *vsockConn) LocalAddr() net.Addr  { return c.local }
+func (c *vsockConn) RemoteAddr() net.Addr { return c.remote }
