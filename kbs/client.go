@@ -70,6 +70,7 @@ type Client struct {
 // the pinned CA; it is never retried.
 type PinError struct{ Reason string }
 
+// Error implements error.
 func (e *PinError) Error() string { return "kbs: tls pin: " + e.Reason }
 
 // ProblemError is a refusal from the KBS (any non-2xx answer).
@@ -79,6 +80,7 @@ type ProblemError struct {
 	Problem Problem
 }
 
+// Error implements error.
 func (e *ProblemError) Error() string {
 	d := e.Problem.Detail
 	if d == "" {

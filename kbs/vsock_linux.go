@@ -66,7 +66,10 @@ func dialVsock(ctx context.Context, cid, port uint32) (net.Conn, error) {
 // vsockAddr is an AF_VSOCK address.
 type vsockAddr struct{ CID, Port uint32 }
 
+// Network implements net.Addr.
 func (a vsockAddr) Network() string { return "vsock" }
+
+// String implements net.Addr (cid:port).
 func (a vsockAddr) String() string {
 	return strconv.FormatUint(uint64(a.CID), 10) + ":" + strconv.FormatUint(uint64(a.Port), 10)
 }
@@ -78,5 +81,8 @@ type vsockConn struct {
 	local, remote vsockAddr
 }
 
-func (c *vsockConn) LocalAddr() net.Addr  { return c.local }
+// LocalAddr implements net.Conn.
+func (c *vsockConn) LocalAddr() net.Addr { return c.local }
+
+// RemoteAddr implements net.Conn.
 func (c *vsockConn) RemoteAddr() net.Addr { return c.remote }
