@@ -48,7 +48,6 @@ type Store interface {
 const (
 	AuditRelease = "release"
 	AuditRefuse  = "refuse"
-	AuditAttest  = "attest"
 	AuditAdmin   = "admin"
 )
 
