@@ -67,9 +67,21 @@ func ParseAdminPublicKey(pemData []byte) (*AdminVerifier, error) {
 	return nil, fmt.Errorf("kbs: admin public key: %T not supported (want Ed25519 or EC P-256)", k)
 }
 
-// Check verifies an admin token: signature, audience, iat and exp present,
-// not expired, not issued in the future and living at most 5 minutes.
-func (v *AdminVerifier) Check(token string, now time.Time) (subject string, err error) {
+// adminClaims are the admin token's claims: the registered ones plus the
+// request the token is for ("METHOD /path"), so a token seen by a proxy or
+// left in a log cannot be replayed against another admin call.
+type adminClaims struct {
+	jwt.Claims
+	Request string `json:"kbs_req"`
+}
+
+// RequestBinding is the kbs_req value for a call.
+func RequestBinding(method, path string) string { return method + " " + path }
+
+// Check verifies an admin token for the request "METHOD /path": signature,
+// audience, iat and exp present, not expired, not issued in the future,
+// living at most 5 minutes, and bound to this very request.
+func (v *AdminVerifier) Check(token, request string, now time.Time) (subject string, err error) {
 	if len(token) > maxTokenLen {
 		return "", errors.New("admin token too large")
 	}
@@ -77,10 +89,11 @@ func (v *AdminVerifier) Check(token string, now time.Time) (subject string, err 
 	if err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
 	}
-	var c jwt.Claims
-	if err := parsed.Claims(v.pub, &c); err != nil {
+	var ac adminClaims
+	if err := parsed.Claims(v.pub, &ac); err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
 	}
+	c := ac.Claims
 	if c.IssuedAt == nil || c.Expiry == nil {
 		return "", errors.New("admin token: iat and exp required")
 	}
@@ -89,6 +102,9 @@ func (v *AdminVerifier) Check(token string, now time.Time) (subject string, err 
 	}
 	if err := c.ValidateWithLeeway(jwt.Expected{AnyAudience: jwt.Audience{adminAudience}, Time: now}, adminClockLeeway); err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
+	}
+	if ac.Request != request {
+		return "", fmt.Errorf("admin token: issued for %q, not %q", truncate(ac.Request, 200), truncate(request, 200))
 	}
 	return c.Subject, nil
 }
@@ -131,14 +147,15 @@ func LoadAdminPrivateKey(path string) (*AdminSigner, error) {
 	return &AdminSigner{signer: s}, nil
 }
 
-// Token mints a token valid for two minutes from now.
-func (s *AdminSigner) Token(subject string, now time.Time) (string, error) {
-	c := jwt.Claims{
+// Token mints a token for one request (RequestBinding), valid for two
+// minutes from now.
+func (s *AdminSigner) Token(subject, request string, now time.Time) (string, error) {
+	c := adminClaims{Claims: jwt.Claims{
 		Subject:  subject,
 		Audience: jwt.Audience{adminAudience},
 		IssuedAt: jwt.NewNumericDate(now),
 		Expiry:   jwt.NewNumericDate(now.Add(defaultAdminTTL)),
-	}
+	}, Request: request}
 	return jwt.Signed(s.signer).Claims(c).Serialize()
 }
 

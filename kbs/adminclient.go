@@ -39,7 +39,13 @@ func (a *AdminClient) call(ctx context.Context, method, path string, body []byte
 	if a.Now != nil {
 		now = a.Now
 	}
-	tok, err := a.Signer.Token(a.Subject, now())
+	// The token is bound to the unescaped path relative to the KBS root, the
+	// form the server sees after any path-prefix-stripping proxy.
+	plain, err := url.PathUnescape(p)
+	if err != nil {
+		return fmt.Errorf("kbs admin: path %q: %w", p, err)
+	}
+	tok, err := a.Signer.Token(a.Subject, RequestBinding(method, plain), now())
 	if err != nil {
 		return fmt.Errorf("kbs admin: token: %w", err)
 	}

@@ -38,12 +38,15 @@ func TestAdminKeyFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	tok, _ := s.Token("alice", now)
-	if sub, err := v.Check(tok, now); err != nil || sub != "alice" {
+	tok, _ := s.Token("alice", "GET /kbs/v0/admin/workloads", now)
+	if sub, err := v.Check(tok, "GET /kbs/v0/admin/workloads", now); err != nil || sub != "alice" {
 		t.Fatalf("%q %v", sub, err)
 	}
-	if _, err := v.Check(tok, now.Add(10*time.Minute)); err == nil {
+	if _, err := v.Check(tok, "GET /kbs/v0/admin/workloads", now.Add(10*time.Minute)); err == nil {
 		t.Fatal("expired token accepted")
+	}
+	if _, err := v.Check(tok, "DELETE /kbs/v0/admin/workload/x", now); err == nil {
+		t.Fatal("token replayed against another call")
 	}
 }
 
@@ -59,6 +62,12 @@ func es256Admin(t *testing.T) (*ecdsa.PrivateKey, *AdminVerifier) {
 }
 
 func signClaims(t *testing.T, k *ecdsa.PrivateKey, alg jose.SignatureAlgorithm, c jwt.Claims) string {
+	return signAdmin(t, k, alg, adminClaims{Claims: c, Request: testReq})
+}
+
+const testReq = "GET /kbs/v0/admin/workloads"
+
+func signAdmin(t *testing.T, k *ecdsa.PrivateKey, alg jose.SignatureAlgorithm, c adminClaims) string {
 	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: k}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +99,7 @@ func TestAdminTokenRules(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := v.Check(signClaims(t, k, jose.ES256, c.c), now)
+			_, err := v.Check(signClaims(t, k, jose.ES256, c.c), testReq, now)
 			if c.err == "" && err != nil || c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
 				t.Fatalf("err %v, want %q", err, c.err)
 			}
@@ -98,12 +107,16 @@ func TestAdminTokenRules(t *testing.T) {
 	}
 	// An ES384 signature is refused even with the right key material family.
 	k384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	if _, err := v.Check(signClaims(t, k384, jose.ES384, cases[0].c), now); err == nil {
+	if _, err := v.Check(signClaims(t, k384, jose.ES384, cases[0].c), testReq, now); err == nil {
 		t.Fatal("ES384 token accepted")
 	}
 	// "alg":"none" style tokens cannot parse.
-	if _, err := v.Check("eyJhbGciOiJub25lIn0.eyJzdWIiOiJvcCJ9.", now); err == nil {
+	if _, err := v.Check("eyJhbGciOiJub25lIn0.eyJzdWIiOiJvcCJ9.", testReq, now); err == nil {
 		t.Fatal("unsigned token accepted")
+	}
+	// A token without the request binding is refused.
+	if _, err := v.Check(signAdmin(t, k, jose.ES256, adminClaims{Claims: cases[0].c}), testReq, now); err == nil {
+		t.Fatal("token without a request binding accepted")
 	}
 }
 

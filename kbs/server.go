@@ -579,7 +579,7 @@ func (s *Server) adminOnly(h adminHandler) func(http.ResponseWriter, *http.Reque
 		if !ok {
 			return refuse("no bearer token")
 		}
-		sub, err := s.admin.Check(strings.TrimSpace(tok), s.now())
+		sub, err := s.admin.Check(strings.TrimSpace(tok), RequestBinding(r.Method, r.URL.Path), s.now())
 		if err != nil {
 			return refuse(err.Error())
 		}
