@@ -282,6 +282,9 @@ func (m *Machine) attachLegacy() error {
 		{0x3e8, 8, "com3", devices.Sink{}},
 		{0x2e8, 8, "com4", devices.Sink{}},
 		{0x80, 1, "post", devices.Sink{}},
+		// CMOS index/data: SMP bring-up writes the warm-reset code there;
+		// there is no RTC (the guest uses kvmclock).
+		{0x70, 2, "cmos", devices.Sink{}},
 	} {
 		if err := m.pio.Insert(d.base, d.size, d.name, d.dev); err != nil {
 			return err
@@ -384,7 +387,27 @@ func (m *Machine) Run(ctx context.Context) (Exit, error) {
 	}
 	m.kickAll()
 	_ = m.console.Flush()
+	if m.exit.Kind != ExitWorkload {
+		m.logVCPUs()
+	}
 	return m.exit, m.hostErr
+}
+
+// logVCPUs logs where each stopped vCPU was, to diagnose guests that hang or
+// die without a word.
+func (m *Machine) logVCPUs() {
+	if !slog.Default().Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	for _, c := range m.vcpus {
+		regs, err := c.GetRegs()
+		if err != nil {
+			slog.Debug("vmm: vCPU state", "vcpu", c.ID, "err", err)
+			continue
+		}
+		slog.Debug("vmm: vCPU state", "vcpu", c.ID, "rip", fmt.Sprintf("%#x", regs.RIP), "rsp", fmt.Sprintf("%#x", regs.RSP),
+			"rflags", fmt.Sprintf("%#x", regs.RFLAGS))
+	}
 }
 
 // kickAll forces every vCPU out of KVM_RUN and waits for its thread to
