@@ -16,6 +16,8 @@
 #   KRUN_TEE_CACHE           cache root (default $HOME/.cache/krun-tee)
 #   KRUN_TEE_KERNEL_TARBALL  kernel source (default /usr/src/linux-source-6.12.tar.xz)
 #   JOBS                     parallel make jobs (default $(nproc))
+#   KRUN_TEE_KERNEL_SEED     1 (default): start from the newest cached build of the
+#                            same tarball and rebuild incrementally; 0: unpack afresh
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,7 +35,7 @@ case "${1:-}" in
   "") ;;
   --print-path) mode=print ;;
   --key) mode=key ;;
-  -h|--help) sed -n '2,20p' "$script" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,22p' "$script" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) die "unknown argument: $1 (try --help)" ;;
 esac
 
@@ -79,9 +81,30 @@ fi
 start=$(date +%s)
 src="$out/src"
 rm -rf "$out"
-mkdir -p "$src"
-log "unpacking $(basename "$tarball") into $src"
-tar -xf "$tarball" -C "$src" --strip-components=1
+mkdir -p "$out"
+# A fragment or script change need not cost a full build: start from the
+# newest complete build of the same tarball (objects and all) and let kbuild,
+# which tracks every object's CONFIG_ dependencies, rebuild what changed.
+seed=""
+if [ "${KRUN_TEE_KERNEL_SEED:-1}" = 1 ]; then
+  for d in $(ls -dt "$cache"/kernel-*/ 2>/dev/null); do
+    d=${d%/}
+    if [ "$d" != "$out" ] && [ -f "$d/.complete" ] && [ -d "$d/src" ] &&
+      [ "$(cat "$d/tarball.sha256" 2>/dev/null)" = "$tar_sum" ]; then
+      seed=$d
+      break
+    fi
+  done
+fi
+if [ -n "$seed" ]; then
+  log "seeding from the previous build $seed (KRUN_TEE_KERNEL_SEED=0 to unpack afresh)"
+  cp -a "$seed/src" "$src"
+else
+  mkdir -p "$src"
+  log "unpacking $(basename "$tarball") into $src"
+  tar -xf "$tarball" -C "$src" --strip-components=1
+fi
+echo "$tar_sum" >"$out/tarball.sha256"
 
 mk() { make -C "$src" ARCH=x86_64 "$@"; }
 log "configuring: tinyconfig + $(basename "$fragment")"

@@ -44,9 +44,12 @@ done
 EOS
 
 status=0
-"$root/tests/e2e/run.sh" --shell-cmd "$cmd" --timeout $((300 + runs * 2 * 120)) >/dev/null 2>&1 || status=$?
-logf=$root/tests/e2e/out/e2e-latest.log
-[ -f "$logf" ] || { echo "boot.sh: no log from tests/e2e/run.sh (exit $status)" >&2; exit 1; }
+logf=$(mktemp)
+trap 'rm -f "$logf"' EXIT
+# run.sh copies the serial console to stdout; parse that rather than
+# e2e-latest.log, which a concurrent run could overwrite.
+"$root/tests/e2e/run.sh" --shell-cmd "$cmd" --timeout $((300 + runs * 2 * 120)) 2>&1 | sed 's/\r$//' >"$logf" || status=$?
+grep -q '^BENCH ' "$logf" || { echo "boot.sh: no BENCH lines from tests/e2e/run.sh (exit $status):" >&2; tail -n 30 "$logf" >&2; exit 1; }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) { print "n/a"; exit } m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f", m }'; }
 field() { sed -n "s/.* $1=\\([0-9.]*\\)\\( .*\\)\\{0,1\\}\$/\\1/p"; }

@@ -16,7 +16,9 @@
 #                                          L1 instead of the scenarios
 #   options: --timeout SECS (whole L1 run, default 900)  --step-timeout SECS
 #            (one VM run, default 300)  --krun-tee PATH (default bin/krun-tee,
-#            built if missing)  --mode auto|nested|direct
+#            built if missing)  --mode auto|nested|direct  --keep (keep the
+#            scratch directory tests/e2e/out/work.*; each run has its own, so
+#            several runs may share the tree)
 #
 # Scenarios: kvm (L1's /dev/kvm), qemu-echo, qemu-exit-status, qemu-persist
 # (QEMU microvm as the L2 VMM: validates kernel, init and images on their
@@ -33,17 +35,16 @@
 # expect NAME STATUS PATTERN). Output appears live and in the log.
 #
 # Results: `PASS name` / `FAIL name: reason` lines and `N passed, M failed`
-# from the serial console; the log is saved as tests/e2e/out/e2e-latest.log
-# (and a timestamped copy). Exits non-zero on any FAIL, a missing result,
+# from the serial console, which is also copied to stdout; the log is saved
+# as tests/e2e/out/e2e-<time>-<pid>.log and copied to e2e-latest.log. Exits non-zero on any FAIL, a missing result,
 # or the timeout.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=$here/out
-work=$out/work
 
-only="" shell_cmd="" timeout=900 step_timeout=300 krun_tee="" mode=auto
+only="" shell_cmd="" timeout=900 step_timeout=300 krun_tee="" mode=auto keep=0
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--only) only=$2; shift 2 ;;
@@ -52,6 +53,7 @@ while [ $# -gt 0 ]; do
 	--step-timeout) step_timeout=$2; shift 2 ;;
 	--krun-tee) krun_tee=$2; shift 2 ;;
 	--mode) mode=$2; shift 2 ;;
+	--keep) keep=1; shift ;;
 	-h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	*) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
 	esac
@@ -82,7 +84,9 @@ log "mode: $mode"
 
 # --- inputs --------------------------------------------------------------------
 vmlinux=$("$root/fw-sev/build-kernel.sh" --print-path 2>/dev/null) || vmlinux=$("$root/fw-sev/build-kernel.sh" | tail -n 1)
-rm -rf "$work"
+mkdir -p "$out"
+work=$(mktemp -d "$out/work.XXXXXX")
+if [ "$keep" = 0 ]; then trap 'rm -rf "$work"' EXIT; else log "keeping $work"; fi
 mkdir -p "$work/bin" "$work/e2e/images"
 export CGO_ENABLED=0 GOFLAGS=${GOFLAGS:--mod=mod}
 gobuild() { (cd "$root" && go build -trimpath -ldflags "-s -w" -o "$work/bin/$1" "$2"); }
@@ -146,9 +150,8 @@ log "$(since)s: test images ready ($(du -sh "$e2e/images" | cut -f1))"
 } >"$e2e/config.sh"
 [ -z "$shell_cmd" ] || printf '%s\n' "$shell_cmd" >"$e2e/shell-cmd"
 
-mkdir -p "$out"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-logfile=$out/e2e-$stamp.log
+logfile=$out/e2e-$stamp-$$.log
 status=0
 
 # --- run --------------------------------------------------------------------------
@@ -187,7 +190,6 @@ else
 		-cpu EPYC,+svm,+npt -m 3072 -nodefaults -no-user-config -display none -serial stdio -no-reboot \
 		-kernel "$vmlinux" -initrd "$work/l1.cpio" -append "console=ttyS0 panic=-1 reboot=t quiet" \
 		</dev/null 2>&1 | sed -u 's/\r$//' | tee "$logfile" || status=$?
-	rm -rf "$l1" "$work/l1.cpio"
 fi
 cp "$logfile" "$out/e2e-latest.log"
 [ "$status" != 124 ] || log "TIMEOUT after ${timeout}s"
