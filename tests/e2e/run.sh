@@ -22,14 +22,15 @@
 #
 # Scenarios: kvm (L1's /dev/kvm), qemu-echo, qemu-exit-status, qemu-persist
 # (QEMU microvm as the L2 VMM: validates kernel, init and images on their
-# own), echo, exit-status, persist, vsock, cpus, not-found, init-failure
+# own), echo, exit-status, persist, vsock, cpus, user-workdir, orphans,
+# not-found, init-failure
 # (`krun-tee run --tee none`). See scenarios.sh.
 #
 # For VMM work, an ad-hoc session with the current bin/krun-tee:
 #   make build && tests/e2e/run.sh --shell-cmd \
 #     '$KRUN_TEE run --tee none --kernel $KERNEL --initrd $INITRD --disk $IMAGES/echo.img; echo status=$?'
 # In the command $KRUN_TEE, $KERNEL, $INITRD, $QEMU and $IMAGES (writable
-# copies of echo exit7 persist vsock cpus notfound noconfig .img) are set;
+# copies of echo exit7 persist vsock cpus user orphans notfound noconfig .img) are set;
 # busybox provides the usual tools. `E2E_LIB=1 . $E2E_DIR/scenarios.sh` gives
 # the scenario helpers (krun NAME IMAGE ARGS..., qemu NAME IMAGE ARGS...,
 # expect NAME STATUS PATTERN). Output appears live and in the log.
@@ -58,7 +59,7 @@ while [ $# -gt 0 ]; do
 	*) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
 	esac
 done
-all_scenarios="kvm qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus not-found init-failure"
+all_scenarios="kvm qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure"
 if [ -n "$shell_cmd" ]; then
 	expected="shell-cmd"
 elif [ -n "$only" ]; then
@@ -138,6 +139,8 @@ mkimage persist -env PATH=/bin:/usr/bin -env "TOKEN=$token" -- sh -c \
 	'if [ -f /data/mark ]; then c=clean; dmesg | grep -q "EXT4-fs.*recover" && c=unclean; echo "found $(cat /data/mark) $c"; else echo "$TOKEN" > /data/mark; echo "wrote $TOKEN"; fi'
 mkimage vsock -env PATH=/bin:/usr/bin -- vsockping -port 1234 krun-vsock-ping
 mkimage cpus -env PATH=/bin:/usr/bin -- sh -c 'n=$(grep -c ^processor /proc/cpuinfo); echo cpus=$n nproc=$(nproc); test "$n" = 2'
+mkimage user -env PATH=/bin:/usr/bin -env FOO=bar -user 1000:1000 -workdir /tmp -- sh -c 'echo uid=$(id -u):$(id -g) cwd=$(pwd) env=$FOO'
+mkimage orphans -env PATH=/bin:/usr/bin -- sh -c 'sleep 1000 & echo left an orphan; exit 5'
 mkimage notfound -env PATH=/bin:/usr/bin -- no-such-command
 mkimage noconfig
 rm -rf "$base"

@@ -141,6 +141,18 @@ sc_cpus() {
 	expect cpus 0 "cpus=2" && pass cpus
 }
 
+sc_user_workdir() {
+	krun user-workdir user
+	expect user-workdir 0 "uid=1000:1000 cwd=/tmp env=bar" && pass user-workdir
+}
+
+# The workload leaves a background process behind; init must terminate and
+# reap it and report the workload's status instead of waiting for it.
+sc_orphans() {
+	krun orphans orphans
+	expect orphans 5 "left an orphan" && pass orphans
+}
+
 sc_not_found() {
 	krun not-found notfound
 	expect not-found 127 "" && pass not-found
@@ -169,7 +181,7 @@ if [ -n "$SHELL_CMD" ]; then
 	echo "TIME shell-cmd $(elapsed "$t0")s (exit $rc)"
 	if [ "$rc" = 0 ]; then pass shell-cmd; else fail shell-cmd "exit status $rc"; fi
 else
-	for sc in kvm qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus not-found init-failure; do
+	for sc in kvm qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure; do
 		selected "$sc" || continue
 		case "$sc" in
 		qemu-*) if [ -z "$QEMU" ]; then fail "$sc" "no QEMU available"; continue; fi ;;
