@@ -273,3 +273,27 @@ func (w *Writer) Close() error {
 	w.closed = true
 	return nil
 }
+
+// Console adds /dev and the /dev/console node (char 5:1) that the kernel
+// opens as init's stdio before any devtmpfs is mounted.
+func (w *Writer) Console() error {
+	if !w.seen["dev"] {
+		if err := w.Dir("/dev", 0o755); err != nil {
+			return err
+		}
+	}
+	return w.CharDev("/dev/console", 0o600, 5, 1)
+}
+
+// WriteGuest writes the standard guest initrd to out: /dev/console and
+// initBinary as /init (mode 0755), then the trailer.
+func WriteGuest(out io.Writer, initBinary []byte) error {
+	w := NewWriter(out)
+	if err := w.Console(); err != nil {
+		return err
+	}
+	if err := w.Bytes("/init", 0o755, initBinary); err != nil {
+		return err
+	}
+	return w.Close()
+}

@@ -231,3 +231,26 @@ func FuzzWriterNames(f *testing.F) {
 		}
 	})
 }
+
+func TestWriteGuest(t *testing.T) {
+	var buf bytes.Buffer
+	if err := WriteGuest(&buf, []byte("\x7fELF init")); err != nil {
+		t.Fatal(err)
+	}
+	got := parseNewc(t, buf.Bytes())
+	want := []entry{
+		{name: "dev", ino: 1, mode: 0o040755, nlink: 2},
+		{name: "dev/console", ino: 2, mode: 0o020600, nlink: 1, rdevMajor: 5, rdevMin: 1},
+		{name: "init", ino: 3, mode: 0o100755, nlink: 1, data: []byte("\x7fELF init")},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d entries, want %d", len(got), len(want))
+	}
+	for i := range want {
+		g, w := got[i], want[i]
+		if g.name != w.name || g.ino != w.ino || g.mode != w.mode || g.nlink != w.nlink ||
+			g.rdevMajor != w.rdevMajor || g.rdevMin != w.rdevMin || !bytes.Equal(g.data, w.data) {
+			t.Errorf("entry %d: got %+v, want %+v", i, g, w)
+		}
+	}
+}

@@ -82,10 +82,7 @@ func run(args []string, stderr io.Writer) error {
 }
 
 func build(w *initrd.Writer, initPath string, files, trees, links pairList) error {
-	if err := w.Dir("/dev", 0o755); err != nil {
-		return err
-	}
-	if err := w.CharDev("/dev/console", 0o600, 5, 1); err != nil {
+	if err := w.Console(); err != nil {
 		return err
 	}
 	if initPath != "" {
