@@ -26,7 +26,9 @@ func init() {
 
 const kbsUsage = `usage:
   krun-tee kbs serve --config FILE
-  krun-tee kbs serve --dev --listen 127.0.0.1:PORT --state DIR
+  krun-tee kbs serve --dev --listen 127.0.0.1:PORT --state DIR [--insecure-http]
+      (dev mode serves TLS from a CA it generates in DIR: hand DIR/ca.pem to
+      mkimage --kbs-ca and kbs admin --ca)
   krun-tee kbs admin --kbs URL --admin-key FILE [--ca FILE] <verb> ...
       set-resource PATH --file F
       delete-resource PATH
@@ -81,6 +83,7 @@ func kbsServe(ctx context.Context, args []string, stderr io.Writer) error {
 	dev := fs.Bool("dev", false, "development mode: embedded store, generated admin key and emulated root in --state (loopback only)")
 	listen := fs.String("listen", "127.0.0.1:8080", "listen address (dev mode)")
 	state := fs.String("state", "", "state directory (dev mode)")
+	insecureHTTP := fs.Bool("insecure-http", false, "dev mode: serve plain HTTP instead of TLS (guests then need an unpinned image)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -95,11 +98,13 @@ func kbsServe(ctx context.Context, args []string, stderr io.Writer) error {
 		if *state == "" {
 			return usagef("--dev needs --state DIR")
 		}
-		c, err := devConfig(*listen, *state)
+		c, err := devConfig(*listen, *state, !*insecureHTTP)
 		if err != nil {
 			return err
 		}
 		cfg = c
+	case *insecureHTTP:
+		return usagef("--insecure-http is a dev-mode flag (put no tls_cert in the configuration file instead)")
 	case *config != "":
 		c, err := kbs.LoadConfig(*config)
 		if err != nil {
@@ -113,13 +118,15 @@ func kbsServe(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // devConfig prepares DIR for development mode and says loudly what it did.
-func devConfig(listen, dir string) (*kbs.Config, error) {
+// With useTLS the server presents a certificate from a CA generated in DIR
+// (so guests exercise their CA pinning by default); its fingerprint is logged.
+func devConfig(listen, dir string, useTLS bool) (*kbs.Config, error) {
 	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
 		return nil, usagef("--listen %q: %v", listen, err)
 	}
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return nil, usagef("--dev refuses the non-loopback listen address %q (dev mode trusts an emulated root and serves plain HTTP)", listen)
+		return nil, usagef("--dev refuses the non-loopback listen address %q (dev mode trusts an emulated root and a generated admin key)", listen)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("kbs dev: %w", err)
@@ -149,13 +156,25 @@ func devConfig(listen, dir string) (*kbs.Config, error) {
 	}
 	log.Warn("KBS DEV MODE: trusting the emulated root of trust; evidence from the emulated TEE will be accepted. NEVER use in production",
 		"root", rootDir, "listen", listen)
-	return &kbs.Config{
+	cfg := &kbs.Config{
 		Listen:         listen,
 		Store:          kbs.StoreConfig{Type: "bolt", Path: filepath.Join(dir, "kbs.db")},
 		KEKFile:        kekPath,
 		AdminPublicKey: keyPath + ".pub",
 		EmulatedRoots:  []string{rootDir},
-	}, nil
+	}
+	if !useTLS {
+		log.Warn("KBS DEV MODE: --insecure-http: serving plain HTTP; guests can reach it only from images built without a CA pin")
+		return cfg, nil
+	}
+	t, err := ensureDevTLS(dir, host, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	cfg.TLSCert, cfg.TLSKey = t.CertFile, t.KeyFile
+	log.Warn("KBS DEV MODE: serving TLS with a generated CA; pin it with mkimage --kbs-ca",
+		"ca", t.CAFile, "ca_sha256", t.Fingerprint)
+	return cfg, nil
 }
 
 func kbsAdminKey(args []string, stdout, stderr io.Writer) error {

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -46,6 +49,7 @@ func TestKBSUsageErrors(t *testing.T) {
 		{"serve", "--dev", "--state", t.TempDir(), "--listen", "0.0.0.0:8080"},
 		{"serve", "--dev", "--state", t.TempDir(), "--listen", "192.0.2.1:8080"},
 		{"admin", "--kbs", "http://127.0.0.1:1"},
+		{"serve", "--config", "x.json", "--insecure-http"},
 	} {
 		var u usageError
 		if err := runKBS(ctx, args); !errors.As(err, &u) {
@@ -78,16 +82,22 @@ func TestKBSDevServeAndAdmin(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- kbsServe(ctx, []string{"--dev", "--listen", addr, "--state", state}, io.Discard) }()
+	caPEM := waitForFile(t, filepath.Join(state, devCAFile))
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("ca.pem holds no certificate")
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	}()
-	url := "http://" + addr
+	url := "https://" + addr
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get(url + "/healthz")
+		resp, err := hc.Get(url + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -99,7 +109,14 @@ func TestKBSDevServeAndAdmin(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	for _, f := range []string{"admin.key", "admin.key.pub", "kek", "emulated-root/snp", "emulated-root/tdx", "kbs.db"} {
+	// Plain HTTP is not served: the dev KBS speaks TLS only.
+	if resp, err := http.Get("http://" + addr + "/healthz"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("dev KBS answered plain HTTP")
+		}
+	}
+	for _, f := range []string{"admin.key", "admin.key.pub", "kek", "emulated-root/snp", "emulated-root/tdx", "kbs.db", "ca.pem", "ca.key", "tls.crt", "tls.key"} {
 		if _, err := os.Stat(filepath.Join(state, f)); err != nil {
 			t.Errorf("dev state lacks %s: %v", f, err)
 		}
@@ -109,7 +126,7 @@ func TestKBSDevServeAndAdmin(t *testing.T) {
 	admin := func(args ...string) string {
 		t.Helper()
 		var out bytes.Buffer
-		full := append([]string{"--kbs", url, "--admin-key", filepath.Join(state, "admin.key"), "--subject", "tester"}, args...)
+		full := append([]string{"--kbs", url, "--ca", filepath.Join(state, devCAFile), "--admin-key", filepath.Join(state, "admin.key"), "--subject", "tester"}, args...)
 		if err := kbsAdmin(ctx, full, &out, io.Discard); err != nil {
 			t.Fatalf("admin %v: %v", args, err)
 		}
@@ -132,8 +149,121 @@ func TestKBSDevServeAndAdmin(t *testing.T) {
 	// A key that is not the configured admin key is refused.
 	other := filepath.Join(t.TempDir(), "other.key")
 	kbsAdminKey([]string{"gen", "--out", other}, io.Discard, io.Discard)
-	err := kbsAdmin(ctx, []string{"--kbs", url, "--admin-key", other, "list"}, io.Discard, io.Discard)
+	err := kbsAdmin(ctx, []string{"--kbs", url, "--ca", filepath.Join(state, devCAFile), "--admin-key", other, "list"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "401") {
 		t.Fatalf("foreign admin key: %v", err)
+	}
+}
+
+// waitForFile polls for a file the server goroutine creates at start.
+func waitForFile(t *testing.T, path string) []byte {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if data, err := os.ReadFile(path); err == nil && len(data) > 0 {
+			return data
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not appear", path)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestDevTLS(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	first, err := ensureDevTLS(dir, "127.0.0.1", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The logged fingerprint is the one mkimage --kbs-ca computes from ca.pem.
+	fp, err := caFingerprint(first.CAFile)
+	if err != nil || fp != first.Fingerprint {
+		t.Fatalf("fingerprint %s, caFingerprint(ca.pem) %s %v", first.Fingerprint, fp, err)
+	}
+	for f, mode := range map[string]os.FileMode{devCAKeyFile: 0o600, devKeyFile: 0o600, devCAFile: 0o644} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Mode().Perm() != mode {
+			t.Errorf("%s: %v %v, want mode %o", f, st, err, mode)
+		}
+	}
+	ca, err := readCertPEM(first.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ca.PublicKey.(*ecdsa.PublicKey); !ok || !ca.IsCA {
+		t.Fatalf("CA: key %T, IsCA %v", ca.PublicKey, ca.IsCA)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	leafPEM, _ := os.ReadFile(first.CertFile)
+	leaf, err := readCertPEM(first.CertFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, host := range []string{"127.0.0.1", "localhost", "::1"} {
+		if _, err := leaf.Verify(x509.VerifyOptions{DNSName: host, Roots: pool, CurrentTime: now}); err != nil {
+			t.Errorf("leaf for %s: %v", host, err)
+		}
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "kbs.example", Roots: pool, CurrentTime: now}); err == nil {
+		t.Error("leaf verifies for a foreign name")
+	}
+	if _, err := tls.LoadX509KeyPair(first.CertFile, first.KeyFile); err != nil {
+		t.Fatalf("key pair: %v", err)
+	}
+	// A restart keeps CA and leaf; a new host reissues the leaf under the same CA.
+	again, err := ensureDevTLS(dir, "127.0.0.1", now.Add(time.Hour))
+	if err != nil || again.Fingerprint != first.Fingerprint {
+		t.Fatalf("restart: %v, fingerprint %s -> %s", err, first.Fingerprint, again.Fingerprint)
+	}
+	if b, _ := os.ReadFile(again.CertFile); !bytes.Equal(b, leafPEM) {
+		t.Error("restart reissued a valid certificate")
+	}
+	other, err := ensureDevTLS(dir, "127.0.0.2", now)
+	if err != nil || other.Fingerprint != first.Fingerprint {
+		t.Fatalf("new host: %v", err)
+	}
+	if leaf2, err := readCertPEM(other.CertFile); err != nil || leaf2.VerifyHostname("127.0.0.2") != nil {
+		t.Fatalf("reissued leaf does not cover 127.0.0.2: %v", err)
+	}
+	// Near expiry the leaf is reissued.
+	late, err := ensureDevTLS(dir, "127.0.0.2", now.Add(devCertLifetime))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf3, _ := readCertPEM(late.CertFile); !leaf3.NotAfter.After(now.Add(devCertLifetime)) {
+		t.Error("expiring leaf not reissued")
+	}
+	// Another state dir is another CA (the "different KBS" of the e2e tests).
+	foreign, err := ensureDevTLS(t.TempDir(), "", now)
+	if err != nil || foreign.Fingerprint == first.Fingerprint {
+		t.Fatalf("second state dir: %v, same fingerprint %v", err, foreign.Fingerprint == first.Fingerprint)
+	}
+}
+
+func TestDevTLSBrokenState(t *testing.T) {
+	now := time.Now()
+	dir := t.TempDir()
+	if _, err := ensureDevTLS(dir, "", now); err != nil {
+		t.Fatal(err)
+	}
+	// A CA key that does not match the certificate is refused, not replaced.
+	os.Remove(filepath.Join(dir, devCAKeyFile))
+	if _, err := ensureDevTLS(dir, "", now); err == nil || !strings.Contains(err.Error(), "both exist") {
+		t.Fatalf("half CA: %v", err)
+	}
+	other := t.TempDir()
+	if _, err := ensureDevTLS(other, "", now); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(filepath.Join(other, devCAKeyFile))
+	os.WriteFile(filepath.Join(dir, devCAKeyFile), data, 0o600)
+	if _, err := ensureDevTLS(dir, "", now); err == nil || !strings.Contains(err.Error(), "is not the ECDSA key") {
+		t.Fatalf("mismatched CA key: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, devCAFile), []byte("garbage"), 0o644)
+	if _, err := ensureDevTLS(dir, "", now); err == nil {
+		t.Fatal("garbage ca.pem accepted")
 	}
 }
