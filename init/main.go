@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"time"
 
+	"github.com/krun-tee/krun-tee/init/confidential"
 	"github.com/krun-tee/krun-tee/init/workload"
 	"golang.org/x/sys/unix"
 )
@@ -65,11 +66,19 @@ func (g *guest) boot() (int, error) {
 		return 0, fail("setup", statusSetup, fmt.Errorf("/proc/cmdline: %w", err))
 	}
 
-	if err := waitForBlockDevice(bc.Root, bc.RootWait); err != nil {
-		return 0, fail("root", statusRoot, err)
-	}
-	if err := mountFS(bc.Root, newRoot, bc.RootFSType, 0, ""); err != nil {
-		return 0, fail("root", statusRoot, err)
+	if confidential.HasLaunchParams(string(raw)) {
+		// Confidential path: the root is a LUKS2 disk opened with a key
+		// the KBS releases only to this attested launch.
+		if err := g.mountConfidentialRoot(string(raw), bc); err != nil {
+			return 0, err
+		}
+	} else {
+		if err := waitForBlockDevice(bc.Root, bc.RootWait); err != nil {
+			return 0, fail("root", statusRoot, err)
+		}
+		if err := mountFS(bc.Root, newRoot, bc.RootFSType, 0, ""); err != nil {
+			return 0, fail("root", statusRoot, err)
+		}
 	}
 	g.rootMounted = true
 

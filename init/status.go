@@ -4,21 +4,23 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/krun-tee/krun-tee/init/exitcodes"
 	"golang.org/x/sys/unix"
 )
 
-// Exit statuses reported for init's own failures; see the table in doc.go.
+// Exit statuses reported for init's own failures; the table lives in
+// package init/exitcodes (shared with the host) and is documented in doc.go.
 const (
-	statusSetup      = 120
-	statusRoot       = 121
-	statusConfig     = 122
-	statusSwitchRoot = 123
-	statusExec       = 124
+	statusSetup      = exitcodes.Setup
+	statusRoot       = exitcodes.Root
+	statusConfig     = exitcodes.Config
+	statusSwitchRoot = exitcodes.SwitchRoot
+	statusExec       = exitcodes.Exec
 	// statusNotExecutable and statusNotFound follow the shell convention.
-	statusNotExecutable = 126
-	statusNotFound      = 127
+	statusNotExecutable = exitcodes.NotExecutable
+	statusNotFound      = exitcodes.NotFound
 	// signalBase is added to the number of the signal that killed the workload.
-	signalBase = 128
+	signalBase = exitcodes.SignalBase
 )
 
 // initError is a failure of one of init's own steps. It carries the status

@@ -3,7 +3,13 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
+
+	"github.com/krun-tee/krun-tee/init/confidential"
+	"github.com/krun-tee/krun-tee/init/exitcodes"
 
 	"golang.org/x/sys/unix"
 )
@@ -74,5 +80,55 @@ func TestInitErrorLineAndStatus(t *testing.T) {
 			t.Errorf("init status %d is outside 120-124 or duplicated", s)
 		}
 		seen[s] = true
+	}
+}
+
+// TestDocTableMatchesExitcodes keeps the table in doc.go in step with
+// package exitcodes: every documented "NNN  step:" row names the step the
+// code has there, and every init status is documented.
+func TestDocTableMatchesExitcodes(t *testing.T) {
+	doc, err := os.ReadFile("doc.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[int]string{}
+	for _, line := range strings.Split(string(doc), "\n") {
+		f := strings.Fields(strings.TrimPrefix(line, "//"))
+		if len(f) < 2 || !strings.HasSuffix(f[1], ":") {
+			continue
+		}
+		code, err := strconv.Atoi(f[0])
+		if err != nil {
+			continue
+		}
+		documented[code] = strings.TrimSuffix(f[1], ":")
+	}
+	for code := 0; code < 256; code++ {
+		step, ok := exitcodes.Step(code)
+		if !ok || code == statusNotExecutable || code == statusNotFound {
+			continue
+		}
+		if documented[code] != step {
+			t.Errorf("doc.go documents %d as %q, exitcodes says %q", code, documented[code], step)
+		}
+	}
+	for code := range documented {
+		if !exitcodes.IsInit(code) {
+			t.Errorf("doc.go documents %d, which exitcodes does not know", code)
+		}
+	}
+}
+
+func TestConfidentialErrorIsOneLine(t *testing.T) {
+	_, err := confidential.ParseLaunch("krun.tee=snp")
+	ie := asInitError(err)
+	if statusOf(ie) != exitcodes.LaunchParams {
+		t.Fatalf("status %d: %v", statusOf(ie), ie)
+	}
+	if s := ie.Error(); !strings.HasPrefix(s, "krun-init: launch: launchparams: missing") || strings.Contains(s, "\n") {
+		t.Fatalf("diagnostic %q", s)
+	}
+	if statusOf(asInitError(errors.New("x"))) != exitcodes.ConfidentialInternal {
+		t.Fatal("a foreign error is not reported as an internal confidential failure")
 	}
 }

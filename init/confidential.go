@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/krun-tee/krun-tee/init/confidential"
+	"github.com/krun-tee/krun-tee/init/exitcodes"
+	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/kbs"
+	"github.com/krun-tee/krun-tee/kbs/evidence"
+	"github.com/krun-tee/krun-tee/luks/dm"
+	"golang.org/x/sys/unix"
+)
+
+// hostCID is the vsock address of the host, where the VMM relays the KBS
+// and quote ports.
+const hostCID = 2
+
+// configfsMount is where configfs-tsm lives on hardware TEEs.
+const configfsMount = "/sys/kernel/config"
+
+// mountConfidentialRoot runs the confidential stage for a command line that
+// carries launch parameters: attest, fetch the passphrase, unlock and map
+// the LUKS2 disk bc.Root, and mount the decrypted root at newRoot.
+func (g *guest) mountConfidentialRoot(cmdline string, bc bootConfig) error {
+	params, err := confidential.ParseLaunch(cmdline)
+	if err != nil {
+		return asInitError(err)
+	}
+	if confidential.IsHardwareTEE(params) {
+		if err := mountFS("configfs", configfsMount, "configfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fail("evidence", exitcodes.Evidence, fmt.Errorf("configfs-tsm: %w", err))
+		}
+	}
+	prov, err := confidential.ChooseProvider(params, confidential.ProviderEnv{
+		Detect: evidence.Detect,
+		DialQuote: func(ctx context.Context) (net.Conn, error) {
+			return kbs.VsockDialer(hostCID, launchparams.QuotePort)(ctx, "vsock", "")
+		},
+	})
+	if err != nil {
+		return asInitError(err)
+	}
+	log := slog.New(slog.NewTextHandler(g.console, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	client, err := confidential.NewKBSClient(params, prov, kbs.VsockDialer(hostCID, launchparams.KBSPort), log)
+	if err != nil {
+		return asInitError(err)
+	}
+	if err := waitForBlockDevice(bc.Root, bc.RootWait); err != nil {
+		return fail("root", statusRoot, err)
+	}
+	stage := &confidential.Stage{
+		Params:          params,
+		Fetcher:         client,
+		Device:          bc.Root,
+		OpenMapper:      func() (confidential.Mapper, error) { return dm.OpenControl() },
+		Mount:           func(dev string) error { return mountFS(dev, newRoot, bc.RootFSType, 0, "") },
+		MaxKDFMemoryKiB: kdfMemoryLimitKiB(),
+	}
+	if _, err := stage.Run(context.Background()); err != nil {
+		return asInitError(err)
+	}
+	return nil
+}
+
+// asInitError turns a confidential-stage error into init's one-line failure.
+func asInitError(err error) error {
+	var ce *confidential.Error
+	if errors.As(err, &ce) {
+		return fail(ce.Step, ce.Status, ce.Err)
+	}
+	return fail("confidential", confidential.StatusOf(err), err)
+}
+
+// kdfMemoryLimitKiB is half the guest's RAM: an argon2 keyslot needing more
+// would get init killed by the OOM killer instead of failing cleanly.
+func kdfMemoryLimitKiB() int {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil || si.Totalram == 0 {
+		return 0
+	}
+	half := uint64(si.Totalram) * uint64(si.Unit) / 2 / 1024
+	if half > 1<<30 {
+		half = 1 << 30
+	}
+	return int(half)
+}

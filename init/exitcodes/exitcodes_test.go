@@ -1,0 +1,67 @@
+package exitcodes
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestTableIsDistinctAndInRange(t *testing.T) {
+	confidential := []int{LaunchParams, Evidence, Clock, KBSUnreachable, AttestationRefused, KBSIdentity,
+		KBSProtocol, LUKSHeader, WrongKey, DMCrypt, Mount, ConfidentialInternal}
+	plain := []int{Setup, Root, Config, SwitchRoot, Exec}
+	seen := map[int]bool{}
+	for _, c := range append(append([]int{}, confidential...), plain...) {
+		if seen[c] {
+			t.Errorf("status %d used twice", c)
+		}
+		seen[c] = true
+		step, ok := Step(c)
+		if !ok || step == "" || strings.ContainsAny(step, " :") {
+			t.Errorf("status %d: step %q ok=%v", c, step, ok)
+		}
+		if !IsInit(c) {
+			t.Errorf("IsInit(%d) = false", c)
+		}
+	}
+	for _, c := range confidential {
+		if c < ConfidentialFirst || c > ConfidentialLast {
+			t.Errorf("confidential status %d outside %d-%d", c, ConfidentialFirst, ConfidentialLast)
+		}
+	}
+	for _, c := range plain {
+		if c < 120 || c > 124 {
+			t.Errorf("plain status %d moved out of 120-124", c)
+		}
+	}
+	if len(table) != len(seen)+2 { // + 126, 127
+		t.Errorf("table has %d rows, want %d", len(table), len(seen)+2)
+	}
+}
+
+func TestDescribe(t *testing.T) {
+	tests := []struct {
+		code int
+		want string
+	}{
+		{0, "the workload exited with status 0"},
+		{42, "the workload exited with status 42"},
+		{112, "the workload exited with status 112"},
+		{104, "refused the attestation"},
+		{105, "pinned CA"},
+		{108, "does not open the disk"},
+		{121, "root disk"},
+		{127, "not found"},
+		{128, "the workload exited with status 128"},
+		{137, "killed by signal 9"},
+		{-1, "invalid exit status -1"},
+		{256, "invalid exit status 256"},
+	}
+	for _, tt := range tests {
+		if got := Describe(tt.code); !strings.Contains(got, tt.want) {
+			t.Errorf("Describe(%d) = %q, want it to contain %q", tt.code, got, tt.want)
+		}
+	}
+	if IsInit(0) || IsInit(112) || IsInit(137) {
+		t.Error("IsInit claims a workload status")
+	}
+}
