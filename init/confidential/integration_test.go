@@ -1,0 +1,313 @@
+package confidential
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"io"
+	"log"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/init/exitcodes"
+	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/kbs"
+	"github.com/krun-tee/krun-tee/kbs/evidence"
+	"github.com/krun-tee/krun-tee/sev"
+)
+
+// The integration tests run steps 2-4 of the confidential boot against real
+// parts: a KBS on loopback (TLS from its own CA, bolt store, emulated SNP
+// root trusted), the host's emulated quote server, the guest code with TCP
+// in place of vsock, and a LUKS2 image in a temp file. Only device-mapper
+// and mount are faked (they need the guest kernel; tests/e2e covers them).
+
+const (
+	kbsHost  = "kbs.test" // the host name in krun.kbs and in the KBS certificate
+	resource = "wl/luks/root"
+)
+
+var (
+	pspOnce sync.Once
+	psp     *sev.EmulatedPSP
+	pspErr  error
+)
+
+// emulatedPSP is shared by the tests: its RSA-4096 root is slow to make.
+func emulatedPSP(t testing.TB) *sev.EmulatedPSP {
+	pspOnce.Do(func() { psp, pspErr = sev.NewEmulatedPSPInMemory() })
+	if pspErr != nil {
+		t.Fatal(pspErr)
+	}
+	return psp
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// testCA is a CA with a server certificate for kbsHost and 127.0.0.1.
+type testCA struct {
+	cert   *x509.Certificate
+	server tls.Certificate
+}
+
+func newTestCA(t testing.TB) *testCA {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test KBS CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: kbsHost},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), DNSNames: []string{kbsHost},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testCA{cert: ca, server: tls.Certificate{Certificate: [][]byte{leafDER, caDER}, PrivateKey: key}}
+}
+
+func (c *testCA) fingerprint() string {
+	sum := sha256.Sum256(c.cert.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// serveTLS serves h over TLS with ca's server certificate on loopback.
+func serveTLS(t testing.TB, h http.Handler, ca *testCA) *httptest.Server {
+	hs := httptest.NewUnstartedServer(h)
+	hs.TLS = &tls.Config{Certificates: []tls.Certificate{ca.server}, MinVersion: tls.VersionTLS12}
+	// The pin test makes the client abort handshakes; that is expected.
+	hs.Config.ErrorLog = log.New(io.Discard, "", 0)
+	hs.StartTLS()
+	t.Cleanup(hs.Close)
+	return hs
+}
+
+// kbsEnv is a KBS on loopback and its admin client.
+type kbsEnv struct {
+	ca    *testCA
+	hs    *httptest.Server
+	admin *kbs.AdminClient
+	srv   *kbs.Server
+}
+
+func newKBS(t testing.TB) *kbsEnv {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := kbs.OpenBoltStore(filepath.Join(dir, "kbs.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	kek := make([]byte, kbs.KEKSize)
+	rand.Read(kek)
+	sealer, err := kbs.NewSealer(kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPath := filepath.Join(dir, "admin.key")
+	if _, err := kbs.GenerateAdminKey(keyPath); err != nil {
+		t.Fatal(err)
+	}
+	signer, err := kbs.LoadAdminPrivateKey(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifier, err := kbs.LoadAdminPublicKey(keyPath + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := kbs.NewServer(context.Background(), kbs.ServerOptions{Store: st, Sealer: sealer, Admin: verifier,
+		Verifier: &kbs.AttestVerifier{Roots: attest.DefaultRoots().With(emulatedPSP(t).Roots())}, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &kbsEnv{ca: newTestCA(t), srv: srv}
+	e.hs = serveTLS(t, srv.Handler(), e.ca)
+	pool := x509.NewCertPool()
+	pool.AddCert(e.ca.cert)
+	e.admin = &kbs.AdminClient{URL: e.hs.URL, Signer: signer, Subject: "test",
+		HTTP: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}}
+	return e
+}
+
+// register admits measurement meas for the workload and stores secret as
+// its disk passphrase.
+func (e *kbsEnv) register(t testing.TB, meas [48]byte, secret []byte) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := e.admin.Register(ctx, &kbs.Workload{ID: "wl", TEE: "snp", Measurements: []string{hex.EncodeToString(meas[:])},
+		Resources: []string{resource}, AllowEmulated: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.admin.SetResource(ctx, resource, secret); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// quoteServer is the host's emulated quote provider for a guest whose
+// launch measured meas; it returns the guest-side dialer.
+func quoteServer(t testing.TB, meas [48]byte) func(ctx context.Context) (net.Conn, error) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &evidence.EmulatedSNP{PSP: emulatedPSP(t)}
+	p.Params.Measurement = meas
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- evidence.ServeQuotes(ctx, l, p, quietLog()) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("ServeQuotes: %v", err)
+		}
+	})
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", l.Addr().String())
+	}
+}
+
+// tcpTo is the guest's KBS transport with TCP to addr in place of vsock:
+// like kbs.VsockDialer it ignores the URL's address.
+func tcpTo(addr string) func(ctx context.Context, network, _ string) (net.Conn, error) {
+	return func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
+}
+
+// guest describes one boot attempt.
+type guest struct {
+	pinCA   *testCA // the CA in krun.kbs_ca
+	kbsAddr string  // where the "vsock relay" connects
+	quote   func(ctx context.Context) (net.Conn, error)
+	image   string
+	budget  time.Duration
+}
+
+// boot runs the guest side of steps 2-4 from the kernel command line on,
+// returning the stage's error and the volume key the mapper received.
+func (g *guest) boot(t *testing.T) (mappedKey []byte, keyBuf []byte, err error) {
+	t.Helper()
+	lp := &launchparams.Params{WorkloadID: "wl", KBSURL: "https://" + kbsHost + ":8443", KBSCA: g.pinCA.fingerprint(),
+		TEE: launchparams.TEEEmulatedSNP, Resource: resource}
+	line, ferr := lp.Format()
+	if ferr != nil {
+		t.Fatal(ferr)
+	}
+	cmdline := "console=hvc0 krun.root=/dev/vda " + line
+	if !HasLaunchParams(cmdline) {
+		t.Fatal("the launch command line is not recognised as confidential")
+	}
+	p, err := ParseLaunch(cmdline)
+	if err != nil {
+		return nil, nil, err
+	}
+	prov, err := ChooseProvider(p, ProviderEnv{DialQuote: g.quote})
+	if err != nil {
+		return nil, nil, err
+	}
+	client, err := NewKBSClient(p, prov, tcpTo(g.kbsAddr), quietLog())
+	if err != nil {
+		return nil, nil, err
+	}
+	m := &fakeMapper{}
+	s := &Stage{Params: p, Fetcher: client, Device: g.image, KBSBudget: g.budget,
+		OpenMapper: func() (Mapper, error) { return m, nil },
+		Mount:      func(string) error { return nil }}
+	_, err = s.Run(context.Background())
+	return m.keyAtCall, m.keyHeld, err
+}
+
+func TestAttestUnlockIntegration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("generates an emulated RSA-4096 root")
+	}
+	passphrase := []byte("integration passphrase 0123456789")
+	image, vk := makeImage(t, passphrase)
+	var meas, otherMeas [48]byte
+	rand.Read(meas[:])
+	rand.Read(otherMeas[:])
+
+	good := newKBS(t)
+	good.register(t, meas, passphrase)
+	wrongKey := newKBS(t)
+	wrongKey.register(t, meas, []byte("a passphrase for some other disk"))
+	// The same KBS behind a certificate from another CA: what a malicious
+	// host's own KBS looks like to the guest.
+	impostor := serveTLS(t, good.srv.Handler(), newTestCA(t))
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := closed.Addr().String()
+	closed.Close()
+
+	quote := quoteServer(t, meas)
+	tests := []struct {
+		name string
+		g    guest
+		want int
+	}{
+		{"attest, key, unlock", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quote}, 0},
+		{"wrong passphrase registered", guest{pinCA: wrongKey.ca, kbsAddr: wrongKey.hs.Listener.Addr().String(), quote: quote}, exitcodes.WrongKey},
+		{"unregistered measurement", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quoteServer(t, otherMeas)}, exitcodes.AttestationRefused},
+		{"kbs with another CA", guest{pinCA: good.ca, kbsAddr: impostor.Listener.Addr().String(), quote: quote}, exitcodes.KBSIdentity},
+		{"kbs unreachable", guest{pinCA: good.ca, kbsAddr: deadAddr, quote: quote, budget: time.Second}, exitcodes.KBSUnreachable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.g.image = image
+			got, held, err := tt.g.boot(t)
+			if tt.want == 0 {
+				if err != nil {
+					t.Fatalf("boot: %v", err)
+				}
+				if !bytes.Equal(got, vk) {
+					t.Fatal("dm-crypt was not handed the image's volume key")
+				}
+				if !allZero(held) {
+					t.Fatal("the volume key was not wiped after activation")
+				}
+				return
+			}
+			if StatusOf(err) != tt.want {
+				t.Fatalf("status %d, want %d (%s): %v", StatusOf(err), tt.want, exitcodes.Describe(tt.want), err)
+			}
+			if got != nil {
+				t.Fatal("a failed boot reached dm-crypt")
+			}
+		})
+	}
+}
