@@ -132,21 +132,26 @@ func (s *Stage) Run(ctx context.Context) (*dm.Device, error) {
 	if err := CheckClock(now()); err != nil {
 		return nil, fail(exitcodes.Clock, err)
 	}
-	pass, err := s.fetch(ctx, now)
-	defer clear(pass)
-	if err != nil {
-		return nil, err
-	}
-
+	// The header is checked before the KBS is asked: a disk this init
+	// cannot open gets no key released for it.
 	f, vol, err := luks.OpenFile(s.Device, os.O_RDONLY)
 	if err != nil {
 		return nil, fail(exitcodes.LUKSHeader, err)
 	}
 	defer f.Close()
-	if _, err := vol.CryptSegment(); err != nil {
+	if _, n, err := vol.PayloadRange(); err != nil || n <= 0 {
+		if err == nil {
+			err = errors.New("the data segment is empty")
+		}
 		return nil, fail(exitcodes.LUKSHeader, fmt.Errorf("%s: %w", s.Device, err))
 	}
 	vol.MaxKDFMemoryKiB = s.MaxKDFMemoryKiB
+
+	pass, err := s.fetch(ctx, now)
+	defer clear(pass)
+	if err != nil {
+		return nil, err
+	}
 	key, slot, err := vol.Unlock(f, pass)
 	clear(pass) // no longer needed, whatever Unlock said
 	defer clear(key)

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -28,6 +29,7 @@ import (
 	"github.com/krun-tee/krun-tee/init/launchparams"
 	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
+	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/sev"
 )
 
@@ -173,6 +175,39 @@ func (e *kbsEnv) register(t testing.TB, meas [48]byte, secret []byte) {
 	}
 }
 
+// releases counts the KBS's audit entries that released a resource.
+func (e *kbsEnv) releases(t testing.TB) int {
+	t.Helper()
+	entries, err := e.admin.Audit(context.Background(), 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, a := range entries {
+		if a.Event == kbs.AuditRelease {
+			n++
+		}
+	}
+	return n
+}
+
+// tamperHeaders copies image with the magic of both LUKS2 header copies
+// (at 0 and at hdr_size, 16 KiB) destroyed.
+func tamperHeaders(t testing.TB, image string) string {
+	t.Helper()
+	b, err := os.ReadFile(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	b[luks.DefaultHeaderSize] ^= 0xff
+	out := filepath.Join(t.TempDir(), "tampered.luks")
+	if err := os.WriteFile(out, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // quoteServer is the host's emulated quote provider for a guest whose
 // launch measured meas; it returns the guest-side dialer.
 func quoteServer(t testing.TB, meas [48]byte) func(ctx context.Context) (net.Conn, error) {
@@ -275,21 +310,31 @@ func TestAttestUnlockIntegration(t *testing.T) {
 	closed.Close()
 
 	quote := quoteServer(t, meas)
+	tampered := tamperHeaders(t, image)
 	tests := []struct {
 		name string
 		g    guest
 		want int
+		// released: whether the good KBS's audit log gains a release
+		released bool
 	}{
-		{"attest, key, unlock", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quote}, 0},
-		{"wrong passphrase registered", guest{pinCA: wrongKey.ca, kbsAddr: wrongKey.hs.Listener.Addr().String(), quote: quote}, exitcodes.WrongKey},
-		{"unregistered measurement", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quoteServer(t, otherMeas)}, exitcodes.AttestationRefused},
-		{"kbs with another CA", guest{pinCA: good.ca, kbsAddr: impostor.Listener.Addr().String(), quote: quote}, exitcodes.KBSIdentity},
-		{"kbs unreachable", guest{pinCA: good.ca, kbsAddr: deadAddr, quote: quote, budget: time.Second}, exitcodes.KBSUnreachable},
+		{"attest, key, unlock", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quote}, 0, true},
+		{"wrong passphrase registered", guest{pinCA: wrongKey.ca, kbsAddr: wrongKey.hs.Listener.Addr().String(), quote: quote}, exitcodes.WrongKey, false},
+		{"unregistered measurement", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quoteServer(t, otherMeas)}, exitcodes.AttestationRefused, false},
+		{"kbs with another CA", guest{pinCA: good.ca, kbsAddr: impostor.Listener.Addr().String(), quote: quote}, exitcodes.KBSIdentity, false},
+		{"kbs unreachable", guest{pinCA: good.ca, kbsAddr: deadAddr, quote: quote, budget: time.Second}, exitcodes.KBSUnreachable, false},
+		{"tampered header: no key asked for", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quote, image: tampered}, exitcodes.LUKSHeader, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.g.image = image
+			if tt.g.image == "" {
+				tt.g.image = image
+			}
+			before := good.releases(t)
 			got, held, err := tt.g.boot(t)
+			if after := good.releases(t); (after > before) != tt.released {
+				t.Errorf("KBS releases went from %d to %d, want a release: %v", before, after, tt.released)
+			}
 			if tt.want == 0 {
 				if err != nil {
 					t.Fatalf("boot: %v", err)

@@ -147,6 +147,9 @@ func TestStageStatuses(t *testing.T) {
 			if m.keyHeld != nil && !allZero(m.keyHeld) {
 				t.Error("the volume key buffer was not wiped")
 			}
+			if tt.want == exitcodes.LUKSHeader && tt.fetch.path != "" {
+				t.Error("the KBS was asked for a key for a disk that cannot be opened")
+			}
 			if tt.want == exitcodes.Mount && (len(m.removed) != 1 || m.removed[0] != DefaultMapName) {
 				t.Errorf("after a mount failure the mapping was not removed: %v", m.removed)
 			}
@@ -173,8 +176,9 @@ func TestStageBudgetBoundsTheFetch(t *testing.T) {
 		deadline, _ = ctx.Deadline()
 		return nil, fmt.Errorf("kbs: auth: %w", context.DeadlineExceeded)
 	})
+	img, _ := makeImage(t, pass)
 	start := time.Now()
-	s := &Stage{Params: testParams(), Fetcher: f, Device: "/dev/null", KBSBudget: 7 * time.Second,
+	s := &Stage{Params: testParams(), Fetcher: f, Device: img, KBSBudget: 7 * time.Second,
 		OpenMapper: func() (Mapper, error) { return nil, errors.New("unused") }, Mount: func(string) error { return nil }}
 	if _, err := s.Run(context.Background()); StatusOf(err) != exitcodes.KBSUnreachable {
 		t.Fatalf("status %d: %v", StatusOf(err), err)
