@@ -24,7 +24,15 @@
 # (QEMU microvm as the L2 VMM: validates kernel, init and images on their
 # own), echo, exit-status, persist, vsock, cpus, user-workdir, orphans,
 # not-found, init-failure
-# (`krun-tee run --tee none`). See scenarios.sh.
+# (`krun-tee run --tee none`); and the confidential ones, LUKS2 images in the
+# emulated TEEs against a dev KBS with TLS in L1: conf-snp, conf-tdx (good
+# images: output, exit status, a release in the KBS audit log), refuse-root,
+# refuse-token, refuse-cmdline, refuse-kernel (refused attestation, a refusal
+# and no release in the audit log), kbs-down (bounded retries), foreign-kbs
+# (CA pin), wrong-key, tampered-header. See scenarios.sh.
+# The confidential inputs need the boot shim (bin/bundle/shim.bin, from
+# `make fw`, or $KRUN_TEE_SHIM); images are built and registered here on the
+# host, against a dev KBS on this host's loopback.
 #
 # For VMM work, an ad-hoc session with the current bin/krun-tee:
 #   make build && tests/e2e/run.sh --shell-cmd \
@@ -59,7 +67,9 @@ while [ $# -gt 0 ]; do
 	*) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
 	esac
 done
-all_scenarios="kvm qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure"
+plain_scenarios="kvm qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure"
+conf_scenarios="conf-snp conf-tdx refuse-root refuse-token refuse-cmdline refuse-kernel kbs-down foreign-kbs wrong-key tampered-header"
+all_scenarios="$plain_scenarios $conf_scenarios"
 if [ -n "$shell_cmd" ]; then
 	expected="shell-cmd"
 elif [ -n "$only" ]; then
@@ -75,6 +85,24 @@ fi
 log() { printf 'e2e: %s\n' "$*" >&2; }
 t_start=$(date +%s.%N)
 since() { awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+kbs_pid="" kbs_addr=""
+# host_kbs DIR: a dev KBS on a free loopback port of this host; sets kbs_addr.
+host_kbs() {
+	"$krun_tee" kbs serve --dev --listen 127.0.0.1:0 --state "$1" >"$1.log" 2>&1 &
+	kbs_pid=$!
+	for _ in $(seq 1 600); do
+		kbs_addr=$(sed -n 's/.*kbs listening.* addr=\([0-9.:]*\).*/\1/p' "$1.log" | head -n 1)
+		[ -z "$kbs_addr" ] || return 0
+		kill -0 "$kbs_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	log "dev KBS in $1 did not start: $(tail -n 3 "$1.log")"
+	return 1
+}
+host_kbs_stop() {
+	[ -z "$kbs_pid" ] || { kill "$kbs_pid" 2>/dev/null; wait "$kbs_pid" 2>/dev/null || true; }
+	kbs_pid=""
+}
 
 case "$mode" in
 auto) if [ -c /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ]; then mode=direct; else mode=nested; fi ;;
@@ -87,7 +115,7 @@ log "mode: $mode"
 vmlinux=$("$root/fw-sev/build-kernel.sh" --print-path 2>/dev/null) || vmlinux=$("$root/fw-sev/build-kernel.sh" | tail -n 1)
 mkdir -p "$out"
 work=$(mktemp -d "$out/work.XXXXXX")
-if [ "$keep" = 0 ]; then trap 'rm -rf "$work"' EXIT; else log "keeping $work"; fi
+if [ "$keep" = 0 ]; then trap 'host_kbs_stop; rm -rf "$work"' EXIT; else trap 'host_kbs_stop' EXIT; log "keeping $work"; fi
 mkdir -p "$work/bin" "$work/e2e/images"
 export CGO_ENABLED=0 GOFLAGS=${GOFLAGS:--mod=mod}
 gobuild() { (cd "$root" && go build -trimpath -ldflags "-s -w" -o "$work/bin/$1" "$2"); }
@@ -95,6 +123,7 @@ gobuild init ./init
 gobuild mkinitrd ./init/mkinitrd
 gobuild mkconfig ./tests/e2e/mkconfig
 gobuild vsockping ./tests/e2e/guest
+gobuild imgtool ./tests/e2e/imgtool
 if [ -z "$krun_tee" ]; then
 	krun_tee=$root/bin/krun-tee
 	if [ ! -x "$krun_tee" ]; then
@@ -143,13 +172,80 @@ mkimage user -env PATH=/bin:/usr/bin -env FOO=bar -user 1000:1000 -workdir /tmp 
 mkimage orphans -env PATH=/bin:/usr/bin -- sh -c 'sleep 1000 & echo left an orphan; exit 5'
 mkimage notfound -env PATH=/bin:/usr/bin -- no-such-command
 mkimage noconfig
-rm -rf "$base"
 log "$(since)s: test images ready ($(du -sh "$e2e/images" | cut -f1))"
+
+# --- confidential inputs (LUKS2 images, KBS state, tampered variants) ------------
+# Built here because L1 has no mke2fs; registration happens here too, against a
+# dev KBS on this host's loopback whose state directory (CA, admin key,
+# emulated root, bolt store) L1 then serves from 127.0.0.1:8443. A failure
+# here does not stop the plain scenarios: the confidential ones then FAIL
+# with the reason.
+conf=$e2e/conf
+conf_skip=""
+wants_conf=0
+for s in $expected; do case " $conf_scenarios " in *" $s "*) wants_conf=1 ;; esac; done
+conf_prepare() {
+	[ -n "$krun_tee" ] || { conf_skip="no krun-tee binary"; return 1; }
+	mkdir -p "$conf/bundle" "$conf/bundle-kernel"
+	local shim=${KRUN_TEE_SHIM:-$root/bin/bundle/shim.bin}
+	if [ ! -f "$shim" ] && [ -x "$root/fw-sev/build-bundle.sh" ]; then
+		log "no boot shim at $shim: running fw-sev/build-bundle.sh"
+		"$root/fw-sev/build-bundle.sh" >&2 || true
+	fi
+	[ -f "$shim" ] || { conf_skip="no boot shim (bin/bundle/shim.bin; run make fw)"; return 1; }
+	# The bundle is the firmware the guests boot: the shim, this run's kernel
+	# and this run's initrd, so the registered measurements match.
+	cp "$shim" "$conf/bundle/shim.bin"
+	cp "$vmlinux" "$conf/bundle/vmlinux"
+	cp "$e2e/initrd.cpio" "$conf/bundle/initrd.cpio"
+	cp "$conf/bundle/shim.bin" "$conf/bundle/initrd.cpio" "$conf/bundle-kernel/"
+	"$work/bin/imgtool" flip-banner "$vmlinux" "$conf/bundle-kernel/vmlinux" || { conf_skip="cannot make the modified kernel"; return 1; }
+	"$krun_tee" attest emulated-root init --dir "$conf/other-root" >/dev/null || { conf_skip="cannot make the untrusted emulated root"; return 1; }
+
+	# The foreign KBS's state: its own CA, admin key and roots.
+	host_kbs "$conf/kbs2" || { conf_skip="second dev KBS did not start"; return 1; }
+	host_kbs_stop
+	host_kbs "$conf/kbs" || { conf_skip="dev KBS did not start"; return 1; }
+	local admin=(--kbs "https://$kbs_addr" --ca "$conf/kbs/ca.pem" --admin-key "$conf/kbs/admin.key" --subject e2e-host)
+	local cmd='echo krun-e2e-confidential tee=$(grep -o "krun.tee=[a-z-]*" /proc/cmdline | cut -d= -f2) root=$(awk "\$2 == \"/\" { r = \$1 } END { print r }" /proc/mounts); exit 3'
+	local common=(--rootfs "$base" --size 16M --env PATH=/bin:/usr/bin --cmd sh --cmd -c --cmd "$cmd"
+		--kbs-ca "$conf/kbs/ca.pem" --bundle "$conf/bundle")
+	"$krun_tee" mkimage "${common[@]}" -o "$e2e/images/conf-snp.img" --workload-id conf-snp --tee emulated-snp \
+		--kbs https://127.0.0.1:8443 --kbs-admin "https://$kbs_addr" --admin-key "$conf/kbs/admin.key" >"$work/mkimage-snp.log" 2>&1 ||
+		{ conf_skip="mkimage/registration of conf-snp failed: $(tail -n 1 "$work/mkimage-snp.log")"; return 1; }
+	"$krun_tee" mkimage "${common[@]}" -o "$e2e/images/conf-tdx.img" --workload-id conf-tdx --tee emulated-tdx \
+		--kbs https://127.0.0.1:8443 >"$work/mkimage-tdx.log" 2>&1 &&
+		"$krun_tee" kbs admin "${admin[@]}" register --image "$e2e/images/conf-tdx.img" \
+			--passphrase-file "$e2e/images/conf-tdx.img.passphrase" --bundle "$conf/bundle" >>"$work/mkimage-tdx.log" 2>&1 ||
+		{ conf_skip="mkimage/registration of conf-tdx failed: $(tail -n 1 "$work/mkimage-tdx.log")"; return 1; }
+	# Names another KBS address (where the foreign KBS will answer); same pin.
+	"$krun_tee" mkimage "${common[@]}" -o "$e2e/images/conf-foreign.img" --workload-id conf-foreign --tee emulated-snp \
+		--kbs https://127.0.0.1:8445 --kbs-admin "https://$kbs_addr" --admin-key "$conf/kbs/admin.key" >"$work/mkimage-foreign.log" 2>&1 ||
+		{ conf_skip="mkimage of conf-foreign failed: $(tail -n 1 "$work/mkimage-foreign.log")"; return 1; }
+	host_kbs_stop
+	# The host rewrites the workload id in the token: the launch then differs.
+	cp "$e2e/images/conf-snp.img" "$e2e/images/conf-moved.img"
+	"$work/bin/imgtool" set-launch -workload conf-moved "$e2e/images/conf-moved.img" || { conf_skip="cannot rewrite the token"; return 1; }
+	cp "$e2e/images/conf-snp.img" "$e2e/images/conf-header.img"
+	"$work/bin/imgtool" corrupt-headers "$e2e/images/conf-header.img" || { conf_skip="cannot corrupt the headers"; return 1; }
+	od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$conf/wrong.pass"
+	cp "$e2e/images/conf-snp.img.passphrase" "$conf/conf-snp.pass"
+	rm -f "$e2e/images/"*.passphrase
+}
+if [ "$wants_conf" = 1 ] && [ -z "$shell_cmd" ]; then
+	conf_prepare || { host_kbs_stop; log "confidential scenarios will fail: $conf_skip"; }
+	log "$(since)s: confidential inputs ready"
+fi
+rm -rf "$base"
 
 {
 	printf 'ONLY=%q\n' "$only"
 	printf 'STEP_TIMEOUT=%q\n' "$step_timeout"
 	if [ -n "$shell_cmd" ]; then echo "SHELL_CMD=@E2E_DIR@/shell-cmd"; else echo "SHELL_CMD="; fi
+	printf 'CONF_SKIP=%q\n' "$conf_skip"
+	# L1 has no RTC (rtc=off): it takes the wall clock from here, which the
+	# guests' certificate checks and the KBS's token times need.
+	printf 'E2E_NOW=%q\n' "$(date -u '+%Y-%m-%d %H:%M:%S')"
 } >"$e2e/config.sh"
 [ -z "$shell_cmd" ] || printf '%s\n' "$shell_cmd" >"$e2e/shell-cmd"
 
@@ -164,7 +260,7 @@ if [ "$mode" = direct ]; then
 	. "$e2e/config.sh"
 	log "$(since)s: running the scenarios directly on this host's KVM"
 	E2E_DIR=$e2e WORK=$work/run KRUN_TEE=$e2e/krun-tee QEMU=$(command -v qemu-system-x86_64 || true) \
-		ONLY=$only SHELL_CMD=$SHELL_CMD STEP_TIMEOUT=$step_timeout \
+		ONLY=$only SHELL_CMD=$SHELL_CMD STEP_TIMEOUT=$step_timeout CONF_SKIP=$conf_skip \
 		timeout -k 10 "$timeout" sh "$e2e/scenarios.sh" 2>&1 | tee "$logfile" || status=$?
 else
 	sed -i "s|@E2E_DIR@|/e2e|" "$e2e/config.sh"

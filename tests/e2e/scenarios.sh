@@ -13,6 +13,8 @@
 #   SHELL_CMD   a file holding an ad-hoc shell command to run instead of the scenarios
 #   STEP_TIMEOUT  seconds allowed per VM run (default 300)
 #   E2E_LIB     if set when sourced: define the helpers only
+#   CONF_SKIP   non-empty: why the confidential inputs are missing (those scenarios FAIL with it)
+#   E2E_NOW     (L1 only) the host's UTC time, set as L1's clock by l1-init.sh
 
 KERNEL=$E2E_DIR/vmlinux
 INITRD=$E2E_DIR/initrd.cpio
@@ -163,6 +165,207 @@ sc_init_failure() {
 	expect init-failure 122 "krun-init: config:" && pass init-failure
 }
 
+# --- confidential scenarios ---------------------------------------------------
+# Inputs from run.sh under $E2E_DIR/conf: bundle/ (shim, kernel, initrd the
+# images were measured with), bundle-kernel/ (the kernel with one banner byte
+# changed), kbs/ and kbs2/ (dev KBS states; conf-* images are registered with
+# kbs/), other-root/ (an emulated root no KBS trusts), conf-snp.pass and
+# wrong.pass. Images: conf-snp, conf-tdx (good), conf-moved (token's workload
+# id rewritten), conf-foreign (names 127.0.0.1:8445), conf-header (both LUKS2
+# headers corrupted). Each good workload prints a marker and exits 3.
+
+KBS_ADDR=127.0.0.1:8443
+FOREIGN_ADDR=127.0.0.1:8445
+CONF=$E2E_DIR/conf
+KBS_STATE=$WORK/kbs
+KBS2_STATE=$WORK/kbs2
+BUNDLE=$CONF/bundle
+KBS_PID=""
+# A guest that cannot reach its KBS gives up after bounded retries; the
+# whole run must end within this many seconds (boot included).
+KBS_DOWN_BOUND=180
+
+# kbs_start STATE ADDR: a dev KBS in L1; sets KBS_PID (the last one started).
+kbs_start() {
+	"$KRUN_TEE" kbs serve --dev --listen "$2" --state "$1" >>"$1.log" 2>&1 &
+	KBS_PID=$!
+	i=0
+	while [ $i -lt 300 ]; do
+		if [ "$(grep -c 'kbs listening' "$1.log")" -gt "$(cat "$1.starts" 2>/dev/null || echo 0)" ]; then
+			grep -c 'kbs listening' "$1.log" >"$1.starts"
+			return 0
+		fi
+		kill -0 "$KBS_PID" 2>/dev/null || break
+		sleep 0.2
+		i=$((i + 1))
+	done
+	echo "  kbs in $1 did not start:"
+	tail -n 5 "$1.log" | sed 's/^/  | /'
+	return 1
+}
+kbs_stop() { # PID
+	[ -n "$1" ] || return 0
+	kill "$1" 2>/dev/null
+	wait "$1" 2>/dev/null
+}
+
+# kadmin STATE ADDR VERB...: an admin call to a dev KBS.
+kadmin() {
+	st=$1 ad=$2
+	shift 2
+	"$KRUN_TEE" kbs admin --kbs "https://$ad" --ca "$st/ca.pem" --admin-key "$st/admin.key" --subject e2e "$@"
+}
+# audit_mark STATE ADDR: the id of the newest audit entry (0 if none).
+audit_mark() {
+	kadmin "$1" "$2" audit --after 0 --limit 1000 2>/dev/null | awk -F'	' 'END { print ($1 == "" ? 0 : $1) }'
+}
+# audit_check NAME STATE ADDR MARK WANT: the audit entries after MARK must show
+# WANT: "release" (a release, no refusal), "refuse" (a refusal, no release)
+# or "none" (no release; refusals optional).
+audit_check() {
+	kadmin "$2" "$3" audit --after "$4" --limit 1000 >"$WORK/$1.audit" 2>&1 || {
+		fail "$1" "reading the KBS audit log failed"
+		dump "$WORK/$1.audit"
+		return 1
+	}
+	rel=$(awk -F'	' '$3 == "release"' "$WORK/$1.audit" | wc -l)
+	ref=$(awk -F'	' '$3 == "refuse"' "$WORK/$1.audit" | wc -l)
+	case "$5" in
+	release) [ "$rel" -ge 1 ] && [ "$ref" -eq 0 ] && return 0 ;;
+	refuse) [ "$ref" -ge 1 ] && [ "$rel" -eq 0 ] && return 0 ;;
+	none) [ "$rel" -eq 0 ] && return 0 ;;
+	esac
+	fail "$1" "KBS audit: $rel release(s), $ref refusal(s), want $5"
+	dump "$WORK/$1.audit"
+	return 1
+}
+
+# krun_conf NAME IMAGE [ARGS...]: `krun-tee run` of a LUKS2 image in its
+# emulated TEE; $EMU_ROOT and $RUN_BUNDLE override the root and the bundle.
+krun_conf() {
+	name=$1 img=$2
+	shift 2
+	t0=$(now)
+	timeout "$STEP_TIMEOUT" "$KRUN_TEE" run --bundle "${RUN_BUNDLE:-$BUNDLE}" \
+		--emulated-root "${EMU_ROOT:-$KBS_STATE/emulated-root}" "$@" "$IMAGES/$img.img" </dev/null >"$WORK/$name.log" 2>&1
+	rc=$?
+	secs=$(elapsed "$t0")
+	echo "TIME $name ${secs}s (exit $rc)"
+}
+
+# no_secret NAME: neither passphrase may appear in the run's output.
+no_secret() {
+	for f in "$CONF/conf-snp.pass" "$CONF/wrong.pass"; do
+		if grep -q -F -- "$(cat "$f")" "$WORK/$1.log"; then
+			fail "$1" "a passphrase appears in the output"
+			return 1
+		fi
+	done
+	return 0
+}
+
+# refusal NAME IMAGE STATUS PATTERN [ARGS...]: the run must fail with STATUS
+# and PATTERN, and the KBS must log a refusal and release nothing.
+refusal() {
+	rn=$1 ri=$2 rs=$3 rp=$4
+	shift 4
+	mark=$(audit_mark "$KBS_STATE" "$KBS_ADDR")
+	krun_conf "$rn" "$ri" "$@"
+	expect "$rn" "$rs" "$rp" || return 1
+	no_secret "$rn" || return 1
+	audit_check "$rn" "$KBS_STATE" "$KBS_ADDR" "$mark" refuse || return 1
+	pass "$rn"
+}
+
+good() { # NAME IMAGE TEE
+	mark=$(audit_mark "$KBS_STATE" "$KBS_ADDR")
+	krun_conf "$1" "$2"
+	expect "$1" 3 "^krun-e2e-confidential tee=$3 root=/dev/" || return
+	no_secret "$1" || return
+	audit_check "$1" "$KBS_STATE" "$KBS_ADDR" "$mark" release && pass "$1"
+}
+
+sc_conf_snp() { good conf-snp conf-snp emulated-snp; }
+sc_conf_tdx() { good conf-tdx conf-tdx emulated-tdx; }
+
+# The KBS trusts its own emulated root only; reports signed by another one
+# must not verify.
+# (Overrides are set and cleared around the call: assignments prefixed to a
+# function call do not reliably stay local in every sh.)
+sc_refuse_root() {
+	EMU_ROOT=$CONF/other-root
+	refusal refuse-root conf-snp 104 "refused the attestation"
+	EMU_ROOT=
+}
+# The host rewrote the workload id in the image's token: the command line,
+# hence the measurement, differs from the registered one.
+sc_refuse_token() { refusal refuse-token conf-moved 104 "refused the attestation"; }
+sc_refuse_cmdline() { refusal refuse-cmdline conf-snp 104 "refused the attestation" --cmdline-extra krun.e2e=tampered; }
+sc_refuse_kernel() {
+	RUN_BUNDLE=$CONF/bundle-kernel
+	refusal refuse-kernel conf-snp 104 "refused the attestation"
+	RUN_BUNDLE=
+}
+
+# No KBS: bounded retries, then a clear failure within KBS_DOWN_BOUND seconds.
+sc_kbs_down() {
+	mark=$(audit_mark "$KBS_STATE" "$KBS_ADDR")
+	kbs_stop "$MAIN_KBS"
+	krun_conf kbs-down conf-snp
+	kbs_start "$KBS_STATE" "$KBS_ADDR" && MAIN_KBS=$KBS_PID
+	expect kbs-down 103 "could not be reached" || return
+	if awk -v s="$secs" -v b="$KBS_DOWN_BOUND" 'BEGIN { exit !(s > b) }'; then
+		fail kbs-down "took ${secs}s, more than ${KBS_DOWN_BOUND}s"
+		return
+	fi
+	audit_check kbs-down "$KBS_STATE" "$KBS_ADDR" "$mark" none && pass kbs-down
+}
+
+# Another KBS, with its own CA, answers at the address the image names (as a
+# host relaying the guest to its own KBS would): the guest's CA pin refuses it.
+sc_foreign_kbs() {
+	mark=$(audit_mark "$KBS_STATE" "$KBS_ADDR")
+	kbs_start "$KBS2_STATE" "$FOREIGN_ADDR" || { fail foreign-kbs "the foreign KBS did not start"; return; }
+	foreign=$KBS_PID
+	mark2=$(audit_mark "$KBS2_STATE" "$FOREIGN_ADDR")
+	krun_conf foreign-kbs conf-foreign
+	ok=1
+	expect foreign-kbs 105 "does not chain to the pinned CA" || ok=0
+	[ "$ok" = 0 ] || audit_check foreign-kbs "$KBS2_STATE" "$FOREIGN_ADDR" "$mark2" none || ok=0
+	kbs_stop "$foreign"
+	[ "$ok" = 0 ] || audit_check foreign-kbs "$KBS_STATE" "$KBS_ADDR" "$mark" none || ok=0
+	[ "$ok" = 0 ] || pass foreign-kbs
+}
+
+# The KBS releases a passphrase that opens no keyslot: LUKS unlock fails
+# cleanly (the right one is put back afterwards).
+sc_wrong_key() {
+	kadmin "$KBS_STATE" "$KBS_ADDR" set-resource default/krun-tee/conf-snp --file "$CONF/wrong.pass" >"$WORK/wrong-key.admin" 2>&1 ||
+		{ fail wrong-key "set-resource failed"; dump "$WORK/wrong-key.admin"; return; }
+	krun_conf wrong-key conf-snp
+	kadmin "$KBS_STATE" "$KBS_ADDR" set-resource default/krun-tee/conf-snp --file "$CONF/conf-snp.pass" >>"$WORK/wrong-key.admin" 2>&1 ||
+		{ fail wrong-key "restoring the passphrase failed"; dump "$WORK/wrong-key.admin"; return; }
+	expect wrong-key 108 "does not open the disk" || return
+	no_secret wrong-key && pass wrong-key
+}
+
+# Both LUKS2 header copies corrupted: a header error, no key released.
+sc_tampered_header() {
+	mark=$(audit_mark "$KBS_STATE" "$KBS_ADDR")
+	krun_conf tampered-header conf-header
+	if [ "$rc" = 0 ] || [ "$rc" = 3 ]; then
+		fail tampered-header "exit status $rc, want a failure"
+		dump "$WORK/tampered-header.log"
+		return
+	fi
+	if ! grep -q -i -E "luks.*(header|checksum)|not a valid LUKS2" "$WORK/tampered-header.log"; then
+		fail tampered-header "output does not name the LUKS2 header"
+		dump "$WORK/tampered-header.log"
+		return
+	fi
+	audit_check tampered-header "$KBS_STATE" "$KBS_ADDR" "$mark" none && pass tampered-header
+}
+
 # --- main --------------------------------------------------------------------
 
 # E2E_LIB=1 . scenarios.sh only defines the helpers above (krun, qemu,
@@ -181,15 +384,38 @@ if [ -n "$SHELL_CMD" ]; then
 	echo "TIME shell-cmd $(elapsed "$t0")s (exit $rc)"
 	if [ "$rc" = 0 ]; then pass shell-cmd; else fail shell-cmd "exit status $rc"; fi
 else
-	for sc in kvm qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure; do
+	MAIN_KBS=""
+	for sc in kvm qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure \
+		conf-snp conf-tdx refuse-root refuse-token refuse-cmdline refuse-kernel kbs-down foreign-kbs wrong-key tampered-header; do
 		selected "$sc" || continue
 		case "$sc" in
 		qemu-*) if [ -z "$QEMU" ]; then fail "$sc" "no QEMU available"; continue; fi ;;
 		kvm) ;;
 		*) if [ ! -x "$KRUN_TEE" ]; then fail "$sc" "no krun-tee binary"; continue; fi ;;
 		esac
+		case "$sc" in
+		conf-* | refuse-* | kbs-down | foreign-kbs | wrong-key | tampered-header)
+			if [ -n "$CONF_SKIP" ]; then fail "$sc" "no confidential inputs: $CONF_SKIP"; continue; fi
+			if [ -z "$MAIN_KBS" ]; then
+				rm -rf "$KBS_STATE" "$KBS2_STATE"
+				cp -a "$CONF/kbs" "$KBS_STATE" && cp -a "$CONF/kbs2" "$KBS2_STATE"
+				if ! kbs_start "$KBS_STATE" "$KBS_ADDR"; then fail "$sc" "the KBS did not start in L1"; continue; fi
+				MAIN_KBS=$KBS_PID
+				# The host's registrations are in its audit log: the admin API
+				# answers over TLS with the CA the images pin.
+				if [ "$(audit_mark "$KBS_STATE" "$KBS_ADDR")" -lt 1 ]; then
+					kadmin "$KBS_STATE" "$KBS_ADDR" audit 2>&1 | tail -n 3 | sed 's/^/  | /'
+					fail "$sc" "the KBS admin API in L1 shows no registrations"
+					kbs_stop "$MAIN_KBS"
+					MAIN_KBS=""
+					continue
+				fi
+			fi
+			;;
+		esac
 		"sc_$(echo "$sc" | tr - _)"
 	done
+	kbs_stop "$MAIN_KBS"
 fi
 echo "$npass passed, $nfail failed"
 [ "$nfail" = 0 ]
