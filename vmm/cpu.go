@@ -14,6 +14,7 @@ import (
 const (
 	leafFeatures   = 0x1
 	leafPerfMon    = 0xa
+	leafXSAVE      = 0xd
 	leafTopology   = 0xb
 	leafTopologyV2 = 0x1f
 	leafAMDSizes   = 0x80000008
@@ -27,8 +28,8 @@ const (
 // KVM's supported leaves with this vCPU's APIC id in leaf 1 and the
 // topology leaves (one thread per core, n cores in one package), the
 // hypervisor bit set (so the kernel looks for the KVM leaves 0x40000000+ and
-// uses kvmclock), and no architectural PMU (no perf setup cost, nothing to
-// leak through counters).
+// uses kvmclock), no architectural PMU (no perf setup cost, nothing to leak
+// through counters) and the XSAVE size for every supported feature.
 func NormalizeCPUID(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 	out := make([]kvm.CPUIDEntry, len(supported))
 	copy(out, supported)
@@ -56,6 +57,17 @@ func NormalizeCPUID(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 			}
 		case leafPerfMon:
 			e.EAX, e.EBX, e.ECX, e.EDX = 0, 0, 0, 0
+		case leafXSAVE:
+			// EBX is the XSAVE area size for the features enabled in XCR0,
+			// which KVM should refresh when the guest writes XCR0; nested
+			// under QEMU's emulated SVM it was seen stuck at the legacy
+			// 576 bytes, so Linux's consistency check failed and its FPU
+			// fallback hung or triple-faulted the guest. Linux enables every
+			// feature in EAX, so report the size for all of them (ECX), as
+			// QEMU does.
+			if e.Index == 0 {
+				e.EBX = e.ECX
+			}
 		case leafAMDSizes:
 			// ECX[7:0] = cores per package - 1, ECX[15:12] = APIC id bits.
 			e.ECX = e.ECX&^0xf0ff | uint32(n-1)&0xff | coreBits<<12

@@ -574,3 +574,25 @@ func BenchmarkBuild(b *testing.B) {
 		}
 	})
 }
+
+func TestKernelCmdline(t *testing.T) {
+	got, err := KernelCmdline(2, "  krun.rootwait=5 ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultCmdline + " virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 krun.rootwait=5"
+	if got != want {
+		t.Errorf("cmdline\n got %q\nwant %q", got, want)
+	}
+	if _, err := KernelCmdline(MaxVirtioDevices+1, ""); err == nil {
+		t.Error("too many devices accepted")
+	}
+	seen := map[uint32]bool{}
+	for i := 0; i < MaxVirtioDevices; i++ {
+		base, irq, err := VirtioSlot(i)
+		if err != nil || irq == 4 || irq == 8 || irq >= 16 || seen[irq] || base < MMIOHoleStart || base+VirtioMMIOSize > IOAPICAddr {
+			t.Errorf("slot %d: base %#x irq %d err %v", i, base, irq, err)
+		}
+		seen[irq] = true
+	}
+}

@@ -193,31 +193,30 @@ func TestSerialInput(t *testing.T) {
 func TestI8042(t *testing.T) {
 	resets := 0
 	k := NewI8042(func() { resets++ })
-	rd := func(off uint64) byte { b := []byte{0}; k.Read(off, b); return b[0] }
+	rd := func(off uint64) byte { b := []byte{0xaa}; k.Read(off, b); return b[0] }
 	wr := func(off uint64, v byte) { k.Write(off, []byte{v}) }
 	const data, cmd = 0, 4
-	if rd(cmd)&i8042StatusOBF != 0 {
-		t.Error("output buffer full at reset")
+	// reboot=k's kb_wait needs IBF (bit 1) clear; Linux's i8042 driver gives
+	// up on a controller whose OBF (bit 0) never clears.
+	if st := rd(cmd); st&0x02 != 0 || st&0x01 == 0 {
+		t.Errorf("status %#x, want OBF set and IBF clear", st)
 	}
-	// Write then read the controller configuration byte.
-	wr(cmd, i8042CmdWriteCTR)
-	wr(data, 0x47)
-	wr(cmd, i8042CmdReadCTR)
-	if rd(cmd)&i8042StatusOBF == 0 || rd(data) != 0x47 || rd(cmd)&i8042StatusOBF != 0 {
-		t.Error("CTR round trip failed")
+	if rd(data) != 0 {
+		t.Error("data port not zero")
 	}
-	wr(cmd, i8042CmdSelfTest)
-	if rd(data) != i8042SelfTestOK {
-		t.Error("self test")
-	}
-	if resets != 0 {
-		t.Fatal("reset before 0xfe")
+	for _, v := range []byte{0x20, 0x60, 0xaa, 0xad} {
+		wr(cmd, v)
 	}
 	wr(data, 0xfe) // 0xfe on the data port is not a reset
-	wr(cmd, i8042CmdPulseReset)
-	if resets != 1 {
-		t.Errorf("%d resets after 0xfe on 0x64", resets)
+	if resets != 0 {
+		t.Fatal("reset before 0xfe on the command port")
 	}
+	wr(cmd, i8042CmdPulseReset)
+	wr(cmd, i8042CmdPulseReset) // kb reboot retries; report once
+	if resets != 1 {
+		t.Errorf("%d resets, want 1", resets)
+	}
+	k.Write(4, []byte{0xfe, 0}) // wide writes are ignored
 }
 
 func TestExitDevice(t *testing.T) {
@@ -299,8 +298,8 @@ func FuzzGuestPortAccesses(f *testing.F) {
 				s.Read(off, data)
 				k.Read(off, data)
 			}
-			if len(s.rx) > maxRxBuffered || len(k.out) > 1 {
-				t.Fatalf("buffers grew: uart %d, i8042 %d", len(s.rx), len(k.out))
+			if len(s.rx) > maxRxBuffered {
+				t.Fatalf("uart input buffer grew to %d", len(s.rx))
 			}
 		}
 		if !bytes.Equal(out.Bytes(), want.Bytes()) {

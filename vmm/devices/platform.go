@@ -2,31 +2,26 @@ package devices
 
 import "sync"
 
-// i8042 keyboard controller ports and the commands the VMM implements.
+// i8042 keyboard controller ports.
 const (
 	I8042DataPort    = 0x60
 	I8042CommandPort = 0x64
-	// I8042Ports spans 0x60..0x64 (0x61, the PC speaker/NMI status port,
-	// is served by KVM's in-kernel PIT when PIT2 has the dummy speaker).
-	i8042CmdReadCTR    = 0x20
-	i8042CmdWriteCTR   = 0x60
-	i8042CmdSelfTest   = 0xaa
+	// i8042CmdPulseReset pulses the CPU reset line (what `reboot=k` sends).
 	i8042CmdPulseReset = 0xfe
-	i8042SelfTestOK    = 0x55
-	i8042StatusOBF     = 0x01 // output buffer full: data for the CPU at 0x60
-	i8042StatusSys     = 0x04 // system flag: POST passed
+	// i8042Status is what the status port always reads: output buffer full
+	// (bit 0), input buffer empty (bit 1 clear).
+	i8042Status = 0x01
 )
 
-// I8042 is the fraction of a PS/2 controller a guest needs: Linux's
-// `reboot=k` pulses the CPU reset line with command 0xfe on port 0x64, and
-// its keyboard probe reads the controller configuration byte. There is no
-// keyboard or mouse behind it.
+// I8042 is the reset line of a PC's keyboard controller and nothing else:
+// Linux's `reboot=k` writes 0xfe to port 0x64 after waiting for the input
+// buffer to drain. The status port always shows an empty input buffer (so
+// that wait ends at once) and a full output buffer that never empties, which
+// makes Linux's i8042 driver report "No controller found" after a few reads
+// instead of probing for a keyboard, which would cost seconds of timeouts.
 type I8042 struct {
-	mu      sync.Mutex
-	reset   func() // called once when the guest pulses reset
-	ctr     uint8  // controller configuration byte
-	out     []byte // bytes waiting at the data port
-	pending uint8  // command awaiting a data byte (0 = none)
+	once  sync.Once
+	reset func() // called once when the guest pulses reset
 }
 
 // NewI8042 returns a controller calling reset when the guest resets the CPU.
@@ -37,55 +32,16 @@ func (k *I8042) Read(offset uint64, data []byte) {
 	for i := range data {
 		data[i] = 0
 	}
-	if len(data) != 1 {
-		return
-	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	switch offset {
-	case I8042DataPort - I8042DataPort:
-		if len(k.out) > 0 {
-			data[0] = k.out[0]
-			k.out = k.out[1:]
-		}
-	case I8042CommandPort - I8042DataPort:
-		data[0] = i8042StatusSys
-		if len(k.out) > 0 {
-			data[0] |= i8042StatusOBF
-		}
+	if len(data) == 1 && offset == I8042CommandPort-I8042DataPort {
+		data[0] = i8042Status
 	}
 }
 
-// Write handles writes of port 0x60 (offset 0) and 0x64 (offset 4).
+// Write handles writes of port 0x60 (offset 0) and 0x64 (offset 4); only
+// the reset command on 0x64 has an effect.
 func (k *I8042) Write(offset uint64, data []byte) {
-	if len(data) != 1 {
-		return
-	}
-	v := data[0]
-	k.mu.Lock()
-	reset := false
-	switch offset {
-	case I8042DataPort - I8042DataPort:
-		if k.pending == i8042CmdWriteCTR {
-			k.ctr = v
-		}
-		k.pending = 0
-	case I8042CommandPort - I8042DataPort:
-		k.pending = 0
-		switch v {
-		case i8042CmdReadCTR:
-			k.out = append(k.out[:0], k.ctr)
-		case i8042CmdWriteCTR:
-			k.pending = v
-		case i8042CmdSelfTest:
-			k.out = append(k.out[:0], i8042SelfTestOK)
-		case i8042CmdPulseReset:
-			reset = true
-		}
-	}
-	k.mu.Unlock()
-	if reset {
-		k.reset()
+	if len(data) == 1 && offset == I8042CommandPort-I8042DataPort && data[0] == i8042CmdPulseReset {
+		k.once.Do(k.reset)
 	}
 }
 
