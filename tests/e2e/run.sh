@@ -18,7 +18,9 @@
 #            (one VM run, default 300)  --krun-tee PATH (default bin/krun-tee,
 #            built if missing)  --mode auto|nested|direct  --keep (keep the
 #            scratch directory tests/e2e/out/work.*; each run has its own, so
-#            several runs may share the tree)
+#            several runs may share the tree)  --include DIR (copy DIR to
+#            $E2E_DIR/extra for a --shell-cmd session)  --conf (build the
+#            confidential inputs for a --shell-cmd session too)
 #
 # Scenarios: kvm (L1's /dev/kvm), qemu-echo, qemu-exit-status, qemu-persist
 # (QEMU microvm as the L2 VMM: validates kernel, init and images on their
@@ -53,7 +55,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=$here/out
 
-only="" shell_cmd="" timeout=900 step_timeout=300 krun_tee="" mode=auto keep=0
+only="" shell_cmd="" timeout=900 step_timeout=300 krun_tee="" mode=auto keep=0 include="" with_conf=0
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--only) only=$2; shift 2 ;;
@@ -63,6 +65,8 @@ while [ $# -gt 0 ]; do
 	--krun-tee) krun_tee=$2; shift 2 ;;
 	--mode) mode=$2; shift 2 ;;
 	--keep) keep=1; shift ;;
+	--include) include=$2; shift 2 ;;
+	--conf) with_conf=1; shift ;;
 	-h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	*) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
 	esac
@@ -232,11 +236,15 @@ conf_prepare() {
 	cp "$e2e/images/conf-snp.img.passphrase" "$conf/conf-snp.pass"
 	rm -f "$e2e/images/"*.passphrase
 }
-if [ "$wants_conf" = 1 ] && [ -z "$shell_cmd" ]; then
+if { [ "$wants_conf" = 1 ] && [ -z "$shell_cmd" ]; } || { [ "$with_conf" = 1 ] && [ -n "$shell_cmd" ]; }; then
 	conf_prepare || { host_kbs_stop; log "confidential scenarios will fail: $conf_skip"; }
 	log "$(since)s: confidential inputs ready"
 fi
 rm -rf "$base"
+if [ -n "$include" ]; then
+	[ -d "$include" ] || { log "--include $include: not a directory"; exit 2; }
+	cp -a "$include" "$e2e/extra"
+fi
 
 {
 	printf 'ONLY=%q\n' "$only"
