@@ -211,7 +211,7 @@ conf_prepare() {
 	host_kbs_stop
 	host_kbs "$conf/kbs" || { conf_skip="dev KBS did not start"; return 1; }
 	local admin=(--kbs "https://$kbs_addr" --ca "$conf/kbs/ca.pem" --admin-key "$conf/kbs/admin.key" --subject e2e-host)
-	local cmd='echo krun-e2e-confidential tee=$(grep -o "krun.tee=[a-z-]*" /proc/cmdline | cut -d= -f2) root=$(awk "\$2 == \"/\" { r = \$1 } END { print r }" /proc/mounts); exit 3'
+	local cmd='echo krun-e2e-confidential tee=$(grep -o "krun.tee=[a-z-]*" /proc/cmdline | cut -d= -f2) root=$(awk "\$2 == \"/\" { r = \$1 } END { print r }" /proc/mounts) uptime=$(cut -d" " -f1 /proc/uptime); exit 3'
 	local common=(--rootfs "$base" --size 16M --env PATH=/bin:/usr/bin --cmd sh --cmd -c --cmd "$cmd"
 		--kbs-ca "$conf/kbs/ca.pem" --bundle "$conf/bundle")
 	"$krun_tee" mkimage "${common[@]}" -o "$e2e/images/conf-snp.img" --workload-id conf-snp --tee emulated-snp \
