@@ -197,7 +197,7 @@ func (s *Stage) fetch(ctx context.Context, now func() time.Time) ([]byte, error)
 	pass, err := s.Fetcher.GetResource(ctx, s.Params.Resource)
 	if err != nil {
 		clear(pass)
-		return nil, classifyKBS(err, now())
+		return nil, classifyKBS(err, now(), budget)
 	}
 	switch {
 	case len(pass) == 0:
@@ -209,7 +209,7 @@ func (s *Stage) fetch(ctx context.Context, now func() time.Time) ([]byte, error)
 }
 
 // classifyKBS maps an error from the KBS exchange to its step and status.
-func classifyKBS(err error, now time.Time) *Error {
+func classifyKBS(err error, now time.Time, budget time.Duration) *Error {
 	var (
 		ev  *EvidenceError
 		pin *kbs.PinError
@@ -233,7 +233,7 @@ func classifyKBS(err error, now time.Time) *Error {
 		errors.As(err, &op) && (op.Op == "dial" || op.Op == "read" || op.Op == "write"),
 		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
 		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return fail(exitcodes.KBSUnreachable, err)
+		return fail(exitcodes.KBSUnreachable, fmt.Errorf("unreachable (retried for up to %s): %w", budget, err))
 	default:
 		return fail(exitcodes.KBSProtocol, err)
 	}

@@ -92,10 +92,53 @@ func TestKernelDMCrypt(t *testing.T) {
 			t.Fatalf("status %d, want %d; output:\n%s", status, exitcodes.WrongKey, out)
 		}
 	})
+
+	// The real init, up to the point a TCG VM without vsock can reach: the
+	// confidential path is chosen from the command line, and each stop is
+	// one console line and its distinct status.
+	realInit := filepath.Join(dir, "init")
+	build = exec.Command("go", "build", "-o", realInit, "..")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build init: %v\n%s", err, out)
+	}
+	realInitrd := writeInitrd(t, filepath.Join(dir, "real"), realInit)
+	launch := "krun.workload=wl krun.kbs=https://kbs.test:8443 krun.kbs_ca=" + strings.Repeat("ab", 32) + " krun.resource=wl/luks/root"
+	for _, tt := range []struct {
+		name, machine, cmdline string
+		want                   int
+		line                   string
+	}{
+		// TCG has no kvmclock and rtc=off leaves no RTC: the clock reads 1970.
+		{"no kvmclock: clock refused", "rtc=off", launch + " krun.tee=emulated-snp", exitcodes.Clock, "krun-init: clock: guest wall clock reads 1970-"},
+		// With the CMOS RTC the clock is right; there is no vsock device,
+		// so the KBS stays unreachable until the retry budget runs out.
+		{"no vsock: kbs unreachable", "rtc=on", launch + " krun.tee=emulated-snp", exitcodes.KBSUnreachable, "krun-init: kbs: unreachable (retried for up to 30s): kbs: auth:"},
+		{"tee snp without SNP", "rtc=on", launch + " krun.tee=snp", exitcodes.Evidence, "krun-init: evidence: launched as tee snp"},
+		{"partial launch parameters", "rtc=on", "krun.tee=snp", exitcodes.LaunchParams, "krun-init: launch: launchparams: missing"},
+	} {
+		t.Run("real init/"+tt.name, func(t *testing.T) {
+			status, out := boot(t, qemu, kernel, realInitrd, image, tt.machine, tt.cmdline)
+			if status != tt.want || !strings.Contains(out, tt.line) {
+				t.Fatalf("status %d, want %d and a line %q; output:\n%s", status, tt.want, tt.line, out)
+			}
+			if n := strings.Count(out, "krun-init: "); n != 1 {
+				t.Errorf("%d krun-init lines, want one", n)
+			}
+			for _, l := range strings.Split(out, "\n") {
+				if strings.Contains(l, "krun-init: ") {
+					t.Logf("console: %s", strings.TrimSpace(l))
+				}
+			}
+		})
+	}
 }
 
 func writeInitrd(t *testing.T, dir, initBin string) string {
 	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	bin, err := os.ReadFile(initBin)
 	if err != nil {
 		t.Fatal(err)
@@ -207,14 +250,20 @@ func readBack(t *testing.T, dir, image string, vk []byte, file string) string {
 // port 0xf4 and the console output.
 func bootCheck(t *testing.T, qemu, kernel, initrdPath, image, pass string) (int, string) {
 	t.Helper()
+	return boot(t, qemu, kernel, initrdPath, image, "rtc=off", "kernelcheck.pass="+pass)
+}
+
+// boot runs one VM with the microvm rtc option and extra command line.
+func boot(t *testing.T, qemu, kernel, initrdPath, image, rtc, cmdline string) (int, string) {
+	t.Helper()
 	// The limit only stops a hung VM; a healthy boot takes seconds.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, qemu,
-		"-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off", "-accel", "tcg", "-cpu", "max", "-m", "512",
+		"-M", "microvm,x-option-roms=off,isa-serial=on,acpi=off,"+rtc, "-accel", "tcg", "-cpu", "max", "-m", "512",
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", kernel, "-initrd", initrdPath,
-		"-append", "console=ttyS0 panic=-1 reboot=t quiet kernelcheck.pass="+pass,
+		"-append", "console=ttyS0 panic=-1 reboot=t quiet "+cmdline,
 		"-drive", "id=root,file="+image+",format=raw,if=none", "-device", "virtio-blk-device,drive=root",
 		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x04")
 	out, err := cmd.CombinedOutput()
