@@ -31,6 +31,7 @@ import (
 	"github.com/krun-tee/krun-tee/kbs/evidence"
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/sev"
+	"github.com/krun-tee/krun-tee/tdx"
 )
 
 // The integration tests run steps 2-4 of the confidential boot against real
@@ -45,18 +46,24 @@ const (
 )
 
 var (
-	pspOnce sync.Once
-	psp     *sev.EmulatedPSP
-	pspErr  error
+	rootsOnce sync.Once
+	psp       *sev.EmulatedPSP
+	tdxModule *tdx.EmulatedModule
+	rootsErr  error
 )
 
-// emulatedPSP is shared by the tests: its RSA-4096 root is slow to make.
-func emulatedPSP(t testing.TB) *sev.EmulatedPSP {
-	pspOnce.Do(func() { psp, pspErr = sev.NewEmulatedPSPInMemory() })
-	if pspErr != nil {
-		t.Fatal(pspErr)
+// emulatedRoots are shared by the tests: the RSA-4096 SNP root is slow to make.
+func emulatedRoots(t testing.TB) (*sev.EmulatedPSP, *tdx.EmulatedModule) {
+	rootsOnce.Do(func() {
+		if psp, rootsErr = sev.NewEmulatedPSPInMemory(); rootsErr != nil {
+			return
+		}
+		tdxModule, rootsErr = tdx.NewEmulatedModuleInMemory()
+	})
+	if rootsErr != nil {
+		t.Fatal(rootsErr)
 	}
-	return psp
+	return psp, tdxModule
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -147,8 +154,9 @@ func newKBS(t testing.TB) *kbsEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p, m := emulatedRoots(t)
 	srv, err := kbs.NewServer(context.Background(), kbs.ServerOptions{Store: st, Sealer: sealer, Admin: verifier,
-		Verifier: &kbs.AttestVerifier{Roots: attest.DefaultRoots().With(emulatedPSP(t).Roots())}, Logger: quietLog()})
+		Verifier: &kbs.AttestVerifier{Roots: attest.DefaultRoots().With(p.Roots()).With(m.Roots())}, Logger: quietLog()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,14 +169,16 @@ func newKBS(t testing.TB) *kbsEnv {
 	return e
 }
 
-// register admits measurement meas for the workload and stores secret as
-// its disk passphrase.
+// register admits measurement meas of an SNP guest and an TDX guest for
+// the workload and stores secret as its disk passphrase.
 func (e *kbsEnv) register(t testing.TB, meas [48]byte, secret []byte) {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := e.admin.Register(ctx, &kbs.Workload{ID: "wl", TEE: "snp", Measurements: []string{hex.EncodeToString(meas[:])},
-		Resources: []string{resource}, AllowEmulated: true}); err != nil {
-		t.Fatal(err)
+	for _, tee := range []string{"snp", "tdx"} {
+		if _, err := e.admin.Register(ctx, &kbs.Workload{ID: "wl-" + tee, TEE: tee, Measurements: []string{hex.EncodeToString(meas[:])},
+			Resources: []string{resource}, AllowEmulated: true}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := e.admin.SetResource(ctx, resource, secret); err != nil {
 		t.Fatal(err)
@@ -208,16 +218,26 @@ func tamperHeaders(t testing.TB, image string) string {
 	return out
 }
 
-// quoteServer is the host's emulated quote provider for a guest whose
-// launch measured meas; it returns the guest-side dialer.
-func quoteServer(t testing.TB, meas [48]byte) func(ctx context.Context) (net.Conn, error) {
+// quoteServer is the host's emulated quote provider (SNP, or TDX when tee
+// is emulated-tdx) for a guest whose launch measured meas; it returns the
+// guest-side dialer.
+func quoteServer(t testing.TB, tee string, meas [48]byte) func(ctx context.Context) (net.Conn, error) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &evidence.EmulatedSNP{PSP: emulatedPSP(t)}
-	p.Params.Measurement = meas
+	ps, m := emulatedRoots(t)
+	var p evidence.Provider
+	if tee == launchparams.TEEEmulatedTDX {
+		e := &evidence.EmulatedTDX{Module: m}
+		e.Params.MRTD = meas
+		p = e
+	} else {
+		e := &evidence.EmulatedSNP{PSP: ps}
+		e.Params.Measurement = meas
+		p = e
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- evidence.ServeQuotes(ctx, l, p, quietLog()) }()
@@ -244,6 +264,7 @@ func tcpTo(addr string) func(ctx context.Context, network, _ string) (net.Conn, 
 
 // guest describes one boot attempt.
 type guest struct {
+	tee     string  // krun.tee; default emulated-snp
 	pinCA   *testCA // the CA in krun.kbs_ca
 	kbsAddr string  // where the "vsock relay" connects
 	quote   func(ctx context.Context) (net.Conn, error)
@@ -255,8 +276,12 @@ type guest struct {
 // returning the stage's error and the volume key the mapper received.
 func (g *guest) boot(t *testing.T) (mappedKey []byte, keyBuf []byte, err error) {
 	t.Helper()
+	tee := g.tee
+	if tee == "" {
+		tee = launchparams.TEEEmulatedSNP
+	}
 	lp := &launchparams.Params{WorkloadID: "wl", KBSURL: "https://" + kbsHost + ":8443", KBSCA: g.pinCA.fingerprint(),
-		TEE: launchparams.TEEEmulatedSNP, Resource: resource}
+		TEE: tee, Resource: resource}
 	line, ferr := lp.Format()
 	if ferr != nil {
 		t.Fatal(ferr)
@@ -309,7 +334,7 @@ func TestAttestUnlockIntegration(t *testing.T) {
 	deadAddr := closed.Addr().String()
 	closed.Close()
 
-	quote := quoteServer(t, meas)
+	quote := quoteServer(t, launchparams.TEEEmulatedSNP, meas)
 	tampered := tamperHeaders(t, image)
 	tests := []struct {
 		name string
@@ -320,7 +345,13 @@ func TestAttestUnlockIntegration(t *testing.T) {
 	}{
 		{"attest, key, unlock", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quote}, 0, true},
 		{"wrong passphrase registered", guest{pinCA: wrongKey.ca, kbsAddr: wrongKey.hs.Listener.Addr().String(), quote: quote}, exitcodes.WrongKey, false},
-		{"unregistered measurement", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quoteServer(t, otherMeas)}, exitcodes.AttestationRefused, false},
+		{"unregistered measurement", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quoteServer(t, launchparams.TEEEmulatedSNP, otherMeas)}, exitcodes.AttestationRefused, false},
+		{"emulated tdx: attest, key, unlock", guest{tee: launchparams.TEEEmulatedTDX, pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(),
+			quote: quoteServer(t, launchparams.TEEEmulatedTDX, meas)}, 0, true},
+		{"emulated tdx: unregistered MRTD", guest{tee: launchparams.TEEEmulatedTDX, pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(),
+			quote: quoteServer(t, launchparams.TEEEmulatedTDX, otherMeas)}, exitcodes.AttestationRefused, false},
+		{"host answers as the wrong TEE", guest{tee: launchparams.TEEEmulatedTDX, pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(),
+			quote: quote}, exitcodes.Evidence, false},
 		{"kbs with another CA", guest{pinCA: good.ca, kbsAddr: impostor.Listener.Addr().String(), quote: quote}, exitcodes.KBSIdentity, false},
 		{"kbs unreachable", guest{pinCA: good.ca, kbsAddr: deadAddr, quote: quote, budget: time.Second}, exitcodes.KBSUnreachable, false},
 		{"tampered header: no key asked for", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quote, image: tampered}, exitcodes.LUKSHeader, false},

@@ -65,3 +65,20 @@ func TestDescribe(t *testing.T) {
 		t.Error("IsInit claims a workload status")
 	}
 }
+
+// TestDescribePhrasesAreStable pins the phrases tests/e2e and users match
+// on in `krun-tee run`'s output; changing one is an interface change.
+func TestDescribePhrasesAreStable(t *testing.T) {
+	for code, phrase := range map[int]string{
+		KBSUnreachable:     "could not be reached",
+		AttestationRefused: "refused the attestation",
+		KBSIdentity:        "does not chain to the pinned CA",
+		WrongKey:           "does not open the disk",
+		LUKSHeader:         "not a valid LUKS2",
+		Config:             "/.krun_config.json",
+	} {
+		if got := Describe(code); !strings.Contains(got, phrase) {
+			t.Errorf("Describe(%d) = %q lost %q", code, got, phrase)
+		}
+	}
+}
