@@ -58,13 +58,10 @@ func NormalizeCPUID(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 		case leafPerfMon:
 			e.EAX, e.EBX, e.ECX, e.EDX = 0, 0, 0, 0
 		case leafXSAVE:
-			// EBX is the XSAVE area size for the features enabled in XCR0,
-			// which KVM should refresh when the guest writes XCR0; nested
-			// under QEMU's emulated SVM it was seen stuck at the legacy
-			// 576 bytes, so Linux's consistency check failed and its FPU
-			// fallback hung or triple-faulted the guest. Linux enables every
-			// feature in EAX, so report the size for all of them (ECX), as
-			// QEMU does.
+			// EBX is the XSAVE area size for the features enabled in XCR0.
+			// KVM recomputes it from the vCPU's XCR0 (see fullXCR0), so this
+			// only matters where it does not; Linux enables every feature in
+			// EAX, so the size for all of them (ECX) is the right answer.
 			if e.Index == 0 {
 				e.EBX = e.ECX
 			}
@@ -74,6 +71,22 @@ func NormalizeCPUID(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 		}
 	}
 	return out
+}
+
+// fullXCR0 returns every XCR0 feature the CPUID table offers (leaf 0xd.0
+// EDX:EAX). The VMM starts vCPUs with this XCR0 and then sets CPUID again,
+// because KVM computes leaf 0xd's EBX (the XSAVE size Linux checks its own
+// computation against) from the XCR0 current at KVM_SET_CPUID2 time. Under
+// nested KVM that value was not refreshed when the guest later wrote XCR0,
+// so Linux saw 576 bytes for x87|SSE|AVX, disabled XSAVE with XCR0 still
+// enabling AVX, and guests then corrupted vector state and crashed at random.
+func fullXCR0(entries []kvm.CPUIDEntry) uint64 {
+	for _, e := range entries {
+		if e.Function == leafXSAVE && e.Index == 0 {
+			return uint64(e.EDX)<<32 | uint64(e.EAX)
+		}
+	}
+	return 0
 }
 
 // MSRs set on every vCPU before it first runs: syscall/sysenter MSRs

@@ -213,8 +213,19 @@ func (m *Machine) createVCPUs(states []layout.VCPUState) error {
 		}
 		m.vcpus = append(m.vcpus, &vcpu{VCPU: c, exited: make(chan struct{})})
 		// CPUID first: KVM refuses EFER.LME without a CPUID that has LM.
-		if err := c.SetCPUID(NormalizeCPUID(supported, id, len(states))); err != nil {
+		cpuid := NormalizeCPUID(supported, id, len(states))
+		if err := c.SetCPUID(cpuid); err != nil {
 			return err
+		}
+		// Then the full XCR0 and CPUID once more, so leaf 0xd's XSAVE size
+		// matches what Linux will enable (see fullXCR0).
+		if xcr0 := fullXCR0(cpuid); xcr0 > 1 {
+			if err := c.SetXCR0(xcr0); err != nil {
+				return err
+			}
+			if err := c.SetCPUID(cpuid); err != nil {
+				return err
+			}
 		}
 		if err := c.SetMSRs(bootMSRs(&states[id])); err != nil {
 			return err
