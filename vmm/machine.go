@@ -174,6 +174,9 @@ func New(cfg Config) (_ *Machine, err error) {
 	if m.mem, err = NewMemory(cfg.Layout.MemorySize); err != nil {
 		return nil, err
 	}
+	if err = m.mem.mapFirmware(cfg.Layout); err != nil {
+		return nil, err
+	}
 	if err = m.mem.register(m.vm.SetUserMemoryRegion); err != nil {
 		return nil, err
 	}

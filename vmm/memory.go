@@ -12,11 +12,14 @@ import (
 )
 
 // Memory is guest RAM: one anonymous shared mapping, exposed to the guest as
-// the ranges of boot.MemoryMap (below the MMIO hole, and from 4 GiB).
-// It implements virtio.GuestMemory.
+// the ranges of boot.MemoryMap (below the MMIO hole, and from 4 GiB), plus,
+// for a firmware-mode layout, a second mapping for the firmware window just
+// below 4 GiB (the boot shim). It implements virtio.GuestMemory.
 type Memory struct {
 	host   []byte
 	ranges []memRange
+	fw     []byte // firmware window, nil unless mapFirmware found one
+	fwGPA  uint64
 }
 
 type memRange struct {
@@ -66,7 +69,41 @@ func (m *Memory) Slice(gpa, length uint64) ([]byte, error) {
 			return m.host[off : off+length : r.hostOff+r.Size], nil
 		}
 	}
+	if fwLen := uint64(len(m.fw)); fwLen > 0 && gpa >= m.fwGPA && gpa-m.fwGPA <= fwLen && length <= fwLen-(gpa-m.fwGPA) {
+		off := gpa - m.fwGPA
+		return m.fw[off : off+length : fwLen], nil
+	}
 	return nil, fmt.Errorf("vmm: guest range [%#x,+%#x) is not guest RAM", gpa, length)
+}
+
+// mapFirmware maps the firmware window a layout needs: the span from its
+// lowest region outside RAM up to 4 GiB, which must lie inside
+// [boot.FirmwareWindowStart, boot.FirmwareWindowEnd). Layouts without such
+// regions (boot.Build) need nothing.
+func (m *Memory) mapFirmware(l *layout.Layout) error {
+	low := uint64(boot.FirmwareWindowEnd)
+	for _, r := range l.Regions {
+		if _, err := m.Slice(r.GPA, r.Size); err == nil {
+			continue
+		}
+		if r.GPA < boot.FirmwareWindowStart || r.End() > boot.FirmwareWindowEnd {
+			return fmt.Errorf("vmm: region %s [%#x,%#x) is neither guest RAM nor in the firmware window [%#x,%#x)",
+				r.Name, r.GPA, r.End(), uint64(boot.FirmwareWindowStart), uint64(boot.FirmwareWindowEnd))
+		}
+		low = min(low, r.GPA)
+	}
+	if low == boot.FirmwareWindowEnd {
+		return nil
+	}
+	if m.fw != nil {
+		return errors.New("vmm: firmware window already mapped")
+	}
+	fw, err := unix.Mmap(-1, 0, int(boot.FirmwareWindowEnd-low), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return fmt.Errorf("vmm: mapping the firmware window: %w", err)
+	}
+	m.fw, m.fwGPA = fw, low
+	return nil
 }
 
 // Load copies a launch layout's regions into guest RAM. Bytes beyond a
@@ -92,6 +129,9 @@ func (m *Memory) register(setRegion func(slot uint32, gpa, size uint64, host uin
 			return err
 		}
 	}
+	if m.fw != nil {
+		return setRegion(uint32(len(m.ranges)), m.fwGPA, uint64(len(m.fw)), uintptr(unsafe.Pointer(&m.fw[0])))
+	}
 	return nil
 }
 
@@ -102,5 +142,9 @@ func (m *Memory) Close() error {
 	}
 	err := unix.Munmap(m.host)
 	m.host = nil
+	if m.fw != nil {
+		err = errors.Join(err, unix.Munmap(m.fw))
+		m.fw = nil
+	}
 	return err
 }
