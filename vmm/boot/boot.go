@@ -87,35 +87,10 @@ func lowRAMEnd(size uint64) uint64 { return min(size, MMIOHoleStart) }
 // a fixed order (page tables, GDT, zero page, command line, MP table, kernel,
 // initrd), so the same inputs always give the same measurement.
 func Build(cfg Config) (*layout.Layout, error) {
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	k, err := ParseKernel(cfg.Kernel)
+	k, initrdGPA, err := prepare(cfg)
 	if err != nil {
 		return nil, err
 	}
-	lowEnd := lowRAMEnd(cfg.MemorySize)
-	if k.End > lowEnd {
-		return nil, fmt.Errorf("boot: memory %d MiB too small: the kernel needs RAM up to %#x", cfg.MemorySize>>20, k.End)
-	}
-	maxCmd := k.CmdlineMax
-	if len(cfg.Cmdline) > maxCmd {
-		return nil, fmt.Errorf("boot: command line is %d bytes, the kernel accepts at most %d", len(cfg.Cmdline), maxCmd)
-	}
-	for i := 0; i < len(cfg.Cmdline); i++ {
-		if cfg.Cmdline[i] == 0 {
-			return nil, fmt.Errorf("boot: command line contains a NUL byte at offset %d", i)
-		}
-	}
-
-	var initrdGPA uint64
-	if len(cfg.Initrd) > 0 {
-		initrdGPA, err = placeInitrd(uint64(len(cfg.Initrd)), k, lowEnd)
-		if err != nil {
-			return nil, err
-		}
-	}
-
 	l := &layout.Layout{MemorySize: cfg.MemorySize}
 	add := func(r layout.Region) {
 		if err == nil {
@@ -124,7 +99,7 @@ func Build(cfg Config) (*layout.Layout, error) {
 	}
 	add(layout.Region{Name: "page-tables", GPA: PML4Addr, Type: layout.PageNormal, Data: identityPageTables()})
 	add(layout.Region{Name: "gdt", GPA: GDTAddr, Type: layout.PageNormal, Data: gdtBytes()})
-	zp := zeroPage(k, cfg, initrdGPA)
+	zp := zeroPage(k, cfg, initrdGPA, E820Map(cfg.MemorySize), 0)
 	add(layout.Region{Name: "zero-page", GPA: ZeroPageAddr, Type: layout.PageNormal, Data: zp[:]})
 	add(layout.Region{Name: "cmdline", GPA: CmdlineAddr, Type: layout.PageNormal, Data: append([]byte(cfg.Cmdline), 0)})
 	add(layout.Region{Name: "mptable", GPA: MPTableAddr, Type: layout.PageNormal, Data: mpTable(cfg.VCPUs)})
@@ -141,6 +116,38 @@ func Build(cfg Config) (*layout.Layout, error) {
 		l.VCPUs[i] = ResetCPUState()
 	}
 	return l, nil
+}
+
+// prepare validates cfg, parses the kernel and places the initrd: the part
+// both the direct (Build) and the firmware (BuildFirmware) layouts share.
+func prepare(cfg Config) (k *Kernel, initrdGPA uint64, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, 0, err
+	}
+	k, err = ParseKernel(cfg.Kernel)
+	if err != nil {
+		return nil, 0, err
+	}
+	lowEnd := lowRAMEnd(cfg.MemorySize)
+	if k.End > lowEnd {
+		return nil, 0, fmt.Errorf("boot: memory %d MiB too small: the kernel needs RAM up to %#x", cfg.MemorySize>>20, k.End)
+	}
+	maxCmd := k.CmdlineMax
+	if len(cfg.Cmdline) > maxCmd {
+		return nil, 0, fmt.Errorf("boot: command line is %d bytes, the kernel accepts at most %d", len(cfg.Cmdline), maxCmd)
+	}
+	for i := 0; i < len(cfg.Cmdline); i++ {
+		if cfg.Cmdline[i] == 0 {
+			return nil, 0, fmt.Errorf("boot: command line contains a NUL byte at offset %d", i)
+		}
+	}
+	if len(cfg.Initrd) > 0 {
+		initrdGPA, err = placeInitrd(uint64(len(cfg.Initrd)), k, lowEnd)
+		if err != nil {
+			return nil, 0, err
+		}
+	}
+	return k, initrdGPA, nil
 }
 
 func (cfg *Config) validate() error {

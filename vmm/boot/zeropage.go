@@ -8,6 +8,7 @@ const (
 	zpExtRamdiskImage = 0x0c0
 	zpExtRamdiskSize  = 0x0c4
 	zpExtCmdLinePtr   = 0x0c8
+	zpCCBlobAddress   = 0x13c // u32: struct cc_blob_sev_info (SEV-SNP CPUID and secrets pages)
 	zpE820Entries     = 0x1e8
 	zpE820Table       = 0x2d0
 	e820EntrySize     = 20 // u64 addr, u64 size, u32 type
@@ -45,8 +46,9 @@ func E820Map(memSize uint64) []E820Entry {
 }
 
 // zeroPage builds boot_params: the bzImage's own setup header (or a minimal
-// one for an ELF kernel), loader fields, command line, initrd and e820 map.
-func zeroPage(k *Kernel, cfg Config, initrdGPA uint64) *[ZeroPageSize]byte {
+// one for an ELF kernel), loader fields, command line, initrd, the e820 map
+// and, when not zero, the SEV-SNP confidential-computing blob's address.
+func zeroPage(k *Kernel, cfg Config, initrdGPA uint64, e820 []E820Entry, ccBlob uint32) *[ZeroPageSize]byte {
 	le := binary.LittleEndian
 	zp := new([ZeroPageSize]byte)
 	if len(k.Setup) > 0 {
@@ -72,7 +74,7 @@ func zeroPage(k *Kernel, cfg Config, initrdGPA uint64) *[ZeroPageSize]byte {
 		le.PutUint32(zp[zpExtRamdiskImage:], uint32(initrdGPA>>32))
 		le.PutUint32(zp[zpExtRamdiskSize:], uint32(size>>32))
 	}
-	e820 := E820Map(cfg.MemorySize)
+	le.PutUint32(zp[zpCCBlobAddress:], ccBlob)
 	zp[zpE820Entries] = byte(len(e820))
 	for i, e := range e820 {
 		off := zpE820Table + i*e820EntrySize
