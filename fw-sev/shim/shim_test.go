@@ -394,3 +394,44 @@ func TestShimFailureCodes(t *testing.T) {
 		})
 	}
 }
+
+// TestVMMRefusesRegionsOutsideWindow: vmm.New maps only the firmware window
+// below 4 GiB besides RAM; a region elsewhere in the MMIO hole is refused.
+func TestVMMRefusesRegionsOutsideWindow(t *testing.T) {
+	needKVM(t)
+	l := firmwareLayout(t, fakeKernel(t, "\tjmp ."), boot.TEENone, 1)
+	if err := l.Add(layout.Region{Name: "stray", GPA: boot.FirmwareWindowStart - 0x10000, Type: layout.PageNormal, Data: []byte{1}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := vmm.New(vmm.Config{Layout: l, AllowSoftwareKVM: true})
+	if err == nil {
+		m.Close()
+		t.Fatal("vmm.New loaded a region outside RAM and the firmware window")
+	}
+	if !strings.Contains(err.Error(), "stray") || !strings.Contains(err.Error(), "firmware window") {
+		t.Fatalf("error %q does not name the region and the window", err)
+	}
+}
+
+// TestFirmwareWindowLoaded: the shim's bytes are readable at their GPA
+// through the VM's memory (the second KVM slot).
+func TestFirmwareWindowLoaded(t *testing.T) {
+	needKVM(t)
+	shim := builtShim(t)
+	l := firmwareLayout(t, fakeKernel(t, "\tjmp ."), boot.TEENone, 1)
+	m, err := vmm.New(vmm.Config{Layout: l, AllowSoftwareKVM: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	got, err := m.Memory().Slice(boot.FirmwareWindowEnd-uint64(len(shim)), uint64(len(shim)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, shim) {
+		t.Fatal("firmware window does not hold the shim")
+	}
+	if _, err := m.Memory().Slice(boot.FirmwareWindowEnd-16, 32); err == nil {
+		t.Fatal("Slice crossed 4 GiB out of the firmware window")
+	}
+}

@@ -436,3 +436,32 @@ func TestUnlaunchedRAM(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkBuildFirmware builds the firmware-mode layout beside the
+// direct-boot layout of the same inputs (the reference, measured in the same
+// run); the ratio is what booting through the shim costs the host side.
+func BenchmarkBuildFirmware(b *testing.B) {
+	c := firmwareConfig(TEESNP)
+	c.Initrd = bytes.Repeat([]byte{0xab}, 4<<20)
+	c.MemorySize = 1 << 30
+	var ref, fw float64
+	b.Run("direct-reference", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, err := Build(c.Config); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ref = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+	})
+	b.Run("firmware", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, err := BuildFirmware(c); err != nil {
+				b.Fatal(err)
+			}
+		}
+		fw = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+		if ref > 0 {
+			b.ReportMetric(fw/ref, "x-direct")
+		}
+	})
+}
