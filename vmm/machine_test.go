@@ -315,3 +315,30 @@ func openKVMForBench() (*os.File, error) {
 	}
 	return f, err
 }
+
+func TestNewClosesDevicesOnFailure(t *testing.T) {
+	d := &fakeDevice{}
+	if _, err := New(Config{Devices: []virtio.Device{d}}); err == nil {
+		t.Fatal("New without a layout succeeded")
+	}
+	if !d.closed {
+		t.Error("device not closed after New failed")
+	}
+	// Too many devices: every one is closed.
+	var devs []virtio.Device
+	for i := 0; i <= boot.MaxVirtioDevices; i++ {
+		devs = append(devs, &fakeDevice{})
+	}
+	l, err := boot.Build(boot.Config{Kernel: tinyELF(exitWith(0)), MemorySize: 32 << 20, VCPUs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{Layout: l, Devices: devs, AllowSoftwareKVM: true}); err == nil || !strings.Contains(err.Error(), "virtio devices") {
+		t.Fatalf("err = %v", err)
+	}
+	for i, d := range devs {
+		if !d.(*fakeDevice).closed {
+			t.Errorf("device %d not closed", i)
+		}
+	}
+}
