@@ -42,8 +42,7 @@
 	.set IDT64,           SCRATCH + 0x100 # 32 gates x 16 bytes
 	.set VAR_TEE,         SCRATCH + 0x300 # detected TEE (TEE_*)
 	.set VAR_CBIT_HI,     SCRATCH + 0x304 # C-bit mask for the PTEs' high dword
-	.set VAR_VCPU,        SCRATCH + 0x308 # ESI at entry (TDX: vCPU index)
-	.set VAR_NX,          SCRATCH + 0x30c # 1 if EFER.NXE is supported
+	.set VAR_NX,          SCRATCH + 0x308 # 1 if EFER.NXE is supported
 
 # ---- parameter block offsets [go] -----------------------------------------
 	.set P_MAGIC_LO,      0x4e55524b      # "KRUN" (ParamMagic "KRUNPARM")
@@ -133,7 +132,12 @@ idt64_desc:
 entry32:
 	cli
 	cld
-	mov ebx, esi                    # TDX: ESI = vCPU index; keep it
+	# TDX starts every vCPU here with ESI = vCPU index; plain KVM and the
+	# SNP VMSA start only vCPU 0 here, with ESI = 0. APs spin before they
+	# touch the shared stack or scratch page, and without HLT (a #VE with
+	# no IDT yet would kill the TD).
+	test esi, esi
+	jnz ap_spin
 	lgdt [gdt_desc]
 	.byte 0xea                      # ljmp SEL_CODE32:reload32
 	.long reload32
@@ -149,7 +153,6 @@ reload32:
 	mov dword ptr [VAR_TEE], TEE_NONE
 	mov dword ptr [VAR_CBIT_HI], 0
 	mov dword ptr [VAR_NX], 0
-	mov [VAR_VCPU], ebx
 	call build_idts
 	lidt [idt32_desc]
 
@@ -168,8 +171,6 @@ reload32:
 	cmp ecx, 0x20202020             # "    "
 	jne not_tdx
 	mov dword ptr [VAR_TEE], TEE_TDX
-	cmp dword ptr [VAR_VCPU], 0     # TDX starts every vCPU here: park the APs
-	jne park32
 	jmp detected
 not_tdx:
 	# -- SEV-SNP: 0x8000001F EAX bit 1 (SEV), then SEV_STATUS bit 2 --
@@ -370,8 +371,13 @@ fail32:
 	.byte 0xf3, 0x0f, 0x01, 0xd9    # vmgexit
 park32:
 	cli
+	cmp dword ptr [VAR_TEE], TEE_TDX
+	je ap_spin                      # HLT in a TD is a #VE: spin instead
 	hlt
 	jmp park32
+ap_spin:
+	pause
+	jmp ap_spin
 
 # ===========================================================================
 	.code64
@@ -537,8 +543,12 @@ fail64:
 	.byte 0x66, 0x0f, 0x01, 0xcc    # tdcall
 park64:
 	cli
+	cmp dword ptr [VAR_TEE], TEE_TDX
+	je 3f
 	hlt
 	jmp park64
+3:	pause
+	jmp 3b
 
 # ---- reset vector: the last 16 bytes, at 0xfffffff0 ------------------------
 	.code32
