@@ -32,9 +32,10 @@
 # refuse-token, refuse-cmdline, refuse-kernel (refused attestation, a refusal
 # and no release in the audit log), kbs-down (bounded retries), foreign-kbs
 # (CA pin), wrong-key, tampered-header. See scenarios.sh.
-# The confidential inputs need the boot shim (bin/bundle/shim.bin, from
-# `make fw`, or $KRUN_TEE_SHIM); images are built and registered here on the
-# host, against a dev KBS on this host's loopback.
+# The confidential inputs use the boot shim assembled from this tree
+# (fw-sev/build-bundle.sh --shim-only; $KRUN_TEE_SHIM overrides); images are
+# built and registered here on the host, against a dev KBS on this host's
+# loopback.
 #
 # For VMM work, an ad-hoc session with the current bin/krun-tee:
 #   make build && tests/e2e/run.sh --shell-cmd \
@@ -191,15 +192,15 @@ for s in $expected; do case " $conf_scenarios " in *" $s "*) wants_conf=1 ;; esa
 conf_prepare() {
 	[ -n "$krun_tee" ] || { conf_skip="no krun-tee binary"; return 1; }
 	mkdir -p "$conf/bundle" "$conf/bundle-kernel"
-	local shim=${KRUN_TEE_SHIM:-$root/bin/bundle/shim.bin}
-	if [ ! -f "$shim" ] && [ -x "$root/fw-sev/build-bundle.sh" ]; then
-		log "no boot shim at $shim: running fw-sev/build-bundle.sh"
-		"$root/fw-sev/build-bundle.sh" >&2 || true
+	# The bundle is the firmware the guests boot: the shim (assembled from
+	# this tree unless $KRUN_TEE_SHIM names one), this run's kernel and this
+	# run's initrd, so the registered measurements match what boots.
+	if [ -n "${KRUN_TEE_SHIM:-}" ]; then
+		cp "$KRUN_TEE_SHIM" "$conf/bundle/shim.bin" || { conf_skip="cannot copy \$KRUN_TEE_SHIM"; return 1; }
+	elif ! "$root/fw-sev/build-bundle.sh" --shim-only --out "$conf/bundle" >"$work/shim.log" 2>&1; then
+		conf_skip="building the boot shim failed: $(tail -n 1 "$work/shim.log")"
+		return 1
 	fi
-	[ -f "$shim" ] || { conf_skip="no boot shim (bin/bundle/shim.bin; run make fw)"; return 1; }
-	# The bundle is the firmware the guests boot: the shim, this run's kernel
-	# and this run's initrd, so the registered measurements match.
-	cp "$shim" "$conf/bundle/shim.bin"
 	cp "$vmlinux" "$conf/bundle/vmlinux"
 	cp "$e2e/initrd.cpio" "$conf/bundle/initrd.cpio"
 	cp "$conf/bundle/shim.bin" "$conf/bundle/initrd.cpio" "$conf/bundle-kernel/"
