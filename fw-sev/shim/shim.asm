@@ -58,6 +58,7 @@
 	.set P_PAGETABLES,    0x28
 	.set P_RANGES,        0x40            # {u64 gpa, u64 size} each
 	.set P_RANGE_SIZE,    16
+	.set ZP_CC_BLOB,      0x13c           # boot_params.cc_blob_address (zpCCBlobAddress)
 
 # ---- TEE kinds [go: TEEKind] ----------------------------------------------
 	.set TEE_NONE,        0
@@ -477,6 +478,14 @@ range_done:
 jump_kernel:
 	mov rax, [rsi + P_ENTRY]
 	mov rsi, [rsi + P_ZEROPAGE]
+	# An SNP layout on hardware without SNP (the emulated TEE): the kernel
+	# would find the CC blob, see SNP off and terminate. Only active SNP
+	# makes the blob meaningful, so hide it otherwise.
+	mov ebx, [VAR_TEE]
+	cmp ebx, TEE_SNP
+	je 4f
+	mov dword ptr [rsi + ZP_CC_BLOB], 0
+4:
 	xor ebx, ebx
 	xor ecx, ecx
 	xor edx, edx

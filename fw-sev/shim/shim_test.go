@@ -159,7 +159,7 @@ func TestShimConstantsMatchGo(t *testing.T) {
 		"P_RANGES": boot.ParamOffRanges, "P_RANGE_SIZE": boot.ParamRangeSize,
 		"TEE_NONE": uint64(boot.TEENone), "TEE_SNP": uint64(boot.TEESNP), "TEE_TDX": uint64(boot.TEETDX),
 		"SEL_CODE32": boot.SelectorCode32, "SEL_CODE64": boot.SelectorCode, "SEL_DATA": boot.SelectorData,
-		"SHIM_SIZE": uint64(len(builtShim(t))),
+		"SHIM_SIZE": uint64(len(builtShim(t))), "ZP_CC_BLOB": 0x13c,
 	}
 	for name, w := range want {
 		got, ok := sets[name]
@@ -232,6 +232,8 @@ const probeKernel = `
 	jne f3
 	cmp word ptr [rsi + 0x1fe], 0xaa55      # boot_params.hdr.boot_flag
 	jne f4
+	cmp dword ptr [rsi + 0x13c], 0          # no CC blob without active SNP
+	jne f11
 	pushfq
 	pop rax
 	test eax, 0x200                         # IF clear
@@ -281,6 +283,8 @@ f8:	mov al, 8
 f9:	mov al, 9
 	jmp fail
 f10:	mov al, 10
+	jmp fail
+f11:	mov al, 11
 fail:	out 0xf4, al
 	jmp .
 `
