@@ -1,0 +1,124 @@
+// Package launch turns a krun-tee image and a firmware bundle into one
+// confidential launch: the measured kernel command line, the launch layout
+// and the measurements an SEV-SNP PSP or a TDX module computes over it.
+//
+// It is pure Go (no KVM), so `krun-tee run` (which boots the layout),
+// `krun-tee measure` (which prints the digests) and image registration
+// (which tells the KBS what to expect) all derive their bytes from the same
+// Spec and cannot disagree.
+package launch
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/krun-tee/krun-tee/vmm/boot"
+)
+
+// Files of a firmware bundle directory.
+const (
+	BundleShimFile   = "shim.bin"    // the boot shim (reset vector -> long mode -> kernel)
+	BundleKernelFile = "vmlinux"     // the guest kernel (ELF vmlinux or bzImage)
+	BundleInitrdFile = "initrd.cpio" // the initramfs holding krun-tee's init
+)
+
+// EnvBundle names the bundle directory when set.
+const EnvBundle = "KRUN_TEE_BUNDLE"
+
+// Bounds on bundle files: a mistaken path (a disk image) must not be read
+// whole. The shim lives in the 2 MiB below 4 GiB.
+const (
+	MaxShimSize   = 2 << 20
+	MaxKernelSize = boot.MaxKernelSize
+	MaxInitrdSize = 1 << 30
+)
+
+// Bundle is the guest firmware every confidential launch measures: the boot
+// shim, the kernel and the initrd with the init.
+type Bundle struct {
+	Shim, Kernel, Initrd []byte
+	// Dir is where the bundle was loaded from (diagnostics only; it is not
+	// measured).
+	Dir string
+}
+
+// LoadBundle reads DIR/shim.bin, DIR/vmlinux and DIR/initrd.cpio.
+func LoadBundle(dir string) (*Bundle, error) {
+	b := &Bundle{Dir: dir}
+	for _, f := range []struct {
+		name  string
+		limit int64
+		dst   *[]byte
+	}{
+		{BundleShimFile, MaxShimSize, &b.Shim},
+		{BundleKernelFile, MaxKernelSize, &b.Kernel},
+		{BundleInitrdFile, MaxInitrdSize, &b.Initrd},
+	} {
+		data, err := readBounded(filepath.Join(dir, f.name), f.limit)
+		if err != nil {
+			return nil, fmt.Errorf("launch: bundle %s: %w", dir, err)
+		}
+		if len(data) == 0 {
+			return nil, fmt.Errorf("launch: bundle %s: %s is empty", dir, f.name)
+		}
+		*f.dst = data
+	}
+	return b, nil
+}
+
+// DefaultBundleDir returns $KRUN_TEE_BUNDLE, else <dir of the executable>/bundle,
+// else <dir of the executable>/../share/krun-tee: the first that exists.
+func DefaultBundleDir() (string, error) {
+	if d := os.Getenv(EnvBundle); d != "" {
+		return d, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("launch: no bundle directory: $%s unset and the executable's path is unknown: %w", EnvBundle, err)
+	}
+	if r, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = r
+	}
+	dir := filepath.Dir(exe)
+	tried := []string{filepath.Join(dir, "bundle"), filepath.Join(dir, "..", "share", "krun-tee")}
+	for _, d := range tried {
+		if st, err := os.Stat(d); err == nil && st.IsDir() {
+			return d, nil
+		}
+	}
+	return "", fmt.Errorf("launch: no firmware bundle: $%s is unset and neither %s exists", EnvBundle, strings.Join(tried, " nor "))
+}
+
+// readBounded reads a whole regular file of at most limit bytes.
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("missing %s", filepath.Base(path))
+		}
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", filepath.Base(path))
+	}
+	if st.Size() > limit {
+		return nil, fmt.Errorf("%s is %d bytes, more than the %d allowed", filepath.Base(path), st.Size(), limit)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Base(path), err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s grew beyond %d bytes while being read", filepath.Base(path), limit)
+	}
+	return data, nil
+}
