@@ -4,18 +4,21 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 
+	"github.com/krun-tee/krun-tee/init/launchparams"
 	"github.com/krun-tee/krun-tee/sev"
 	"github.com/krun-tee/krun-tee/tdx"
 	"github.com/krun-tee/krun-tee/vmm/boot"
+	"github.com/krun-tee/krun-tee/vmm/launch"
 	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
 func init() {
-	register(command{name: "measure", summary: "print the expected SNP MEASUREMENT and TDX MRTD/RTMRs of a launch", run: func(ctx context.Context, args []string) error {
+	register(command{name: "measure", summary: "print the SNP MEASUREMENT and TDX MRTD/RTMRs an image (or a bare kernel) launches with", run: func(ctx context.Context, args []string) error {
 		return runMeasure(args, os.Stdout, os.Stderr)
 	}})
 }
@@ -34,21 +37,59 @@ type pageLine struct {
 	SHA384 string `json:"sha384"`
 }
 
+const measureSynopsis = "measure IMAGE [--tee snp|tdx|emulated-snp|emulated-tdx] [--cpus N] [--memory MiB] [--bundle DIR] [--cmdline-extra S] [--pages] [--json]\n" +
+	"       krun-tee measure --kernel FILE [--initrd FILE] [--cmdline STR] [--cpus N] [--memory MiB] [--vmsa-features N] [--pages] [--json]"
+
 func runMeasure(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("measure", "measure --kernel FILE [--initrd FILE] [--cmdline STR] [--cpus N] [--memory MiB] [--vmsa-features N] [--pages] [--json]", stderr)
-	kernel := fs.String("kernel", "", "guest kernel (ELF vmlinux or bzImage)")
-	initrd := fs.String("initrd", "", "initramfs (optional)")
-	cmdline := fs.String("cmdline", "", "complete kernel command line")
-	cpus := fs.Int("cpus", 1, "number of vCPUs")
-	memMiB := fs.Uint64("memory", 512, "guest RAM in MiB")
-	vmsaFeatures := fs.Uint64("vmsa-features", 0, "KVM_SEV_INIT2 vmsa_features (SEV_FEATURES without SNPActive)")
+	fs := newFlagSet("measure", measureSynopsis, stderr)
+	kernel := fs.String("kernel", "", "guest kernel (ELF vmlinux or bzImage): measure a bare kernel launch instead of an image")
+	initrd := fs.String("initrd", "", "initramfs (optional, with --kernel)")
+	cmdline := fs.String("cmdline", "", "complete kernel command line (with --kernel)")
+	cpus := fs.Int("cpus", 1, "number of vCPUs (IMAGE: default from the image; a different value changes the measurement)")
+	memMiB := fs.Uint64("memory", 512, "guest RAM in MiB (IMAGE: default from the image; a different value changes the measurement)")
+	vmsaFeatures := fs.Uint64("vmsa-features", launch.VMSAFeatures, "KVM_SEV_INIT2 vmsa_features (SEV_FEATURES without SNPActive; with --kernel)")
+	tee := fs.String("tee", "", "IMAGE: measure as this TEE instead of the image's (snp, tdx, emulated-snp, emulated-tdx; changes the measurement)")
+	bundle := fs.String("bundle", "", "IMAGE: firmware bundle directory (shim.bin, vmlinux, initrd.cpio); default $"+launch.EnvBundle+" or the installed one")
+	extra := fs.String("cmdline-extra", "", "IMAGE: extra kernel arguments, as given to `krun-tee run --cmdline-extra`")
 	pages := fs.Bool("pages", false, "print the launch layout as JSON lines {gpa,type,sha384} in SNP launch order instead")
 	asJSON := fs.Bool("json", false, "print the measurements as one JSON object")
-	if err := fs.Parse(args); err != nil {
+	positional, err := parseInterspersed(fs, args)
+	if err != nil {
 		return err
 	}
-	if *kernel == "" || fs.NArg() != 0 {
-		return usagef("measure needs --kernel FILE and no arguments")
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *kernel == "" {
+		if len(positional) != 1 {
+			return usagef("measure needs one IMAGE (or --kernel FILE)")
+		}
+		for _, f := range []string{"initrd", "cmdline", "vmsa-features"} {
+			if set[f] {
+				return usagef("--%s belongs to the --kernel form; an IMAGE's launch is fixed by the image and the bundle", f)
+			}
+		}
+		o := imageMeasureOptions{image: positional[0], tee: *tee, bundle: *bundle, extra: *extra, pages: *pages, asJSON: *asJSON}
+		if set["cpus"] {
+			if *cpus < 1 || *cpus > boot.MaxVCPUs {
+				return usagef("--cpus %d: want 1..%d", *cpus, boot.MaxVCPUs)
+			}
+			o.cpus = *cpus
+		}
+		if set["memory"] {
+			if *memMiB == 0 {
+				return usagef("--memory 0: want a size in MiB")
+			}
+			o.memMiB = int(min(*memMiB, uint64(boot.MaxMemory>>20)+1))
+		}
+		return measureImageCmd(o, stdout)
+	}
+	if len(positional) != 0 {
+		return usagef("measure --kernel takes no IMAGE argument")
+	}
+	for _, f := range []string{"tee", "bundle", "cmdline-extra"} {
+		if set[f] {
+			return usagef("--%s needs an IMAGE, not --kernel", f)
+		}
 	}
 	if *memMiB == 0 || *memMiB > boot.MaxMemory>>20 {
 		return usagef("--memory %d MiB out of range", *memMiB)
@@ -68,16 +109,119 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *pages {
-		enc := json.NewEncoder(stdout)
-		return sev.Pages(l, *vmsaFeatures, func(r sev.PageRecord) error {
-			return enc.Encode(pageLine{GPA: r.GPA, Type: r.Type.String(), SHA384: hex.EncodeToString(r.SHA384[:])})
-		})
+		return printPages(l, *vmsaFeatures, stdout)
 	}
 	return printMeasurements(l, *vmsaFeatures, *asJSON, stdout)
 }
 
+// parseInterspersed parses flags given before or after the positional
+// arguments (`measure IMAGE --json`), as the flag package alone does not;
+// everything after "--" is positional.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return positional, nil
+		}
+		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+			return append(positional, rest...), nil
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+}
+
+func printPages(l *layout.Layout, vmsaFeatures uint64, stdout io.Writer) error {
+	enc := json.NewEncoder(stdout)
+	return sev.Pages(l, vmsaFeatures, func(r sev.PageRecord) error {
+		return enc.Encode(pageLine{GPA: r.GPA, Type: r.Type.String(), SHA384: hex.EncodeToString(r.SHA384[:])})
+	})
+}
+
+// imageMeasureOptions is `measure IMAGE`'s parsed command line; zero cpus
+// and memMiB keep the image's values.
+type imageMeasureOptions struct {
+	image, tee, bundle, extra string
+	cpus, memMiB              int
+	pages, asJSON             bool
+}
+
+// measureImageCmd prints what the (emulated) TEE reports when `krun-tee
+// run` launches the image with the same bundle and options: it goes through
+// the same launch.Spec, so the two cannot disagree.
+func measureImageCmd(o imageMeasureOptions, stdout io.Writer) error {
+	switch o.tee {
+	case "", launchparams.TEESNP, launchparams.TEETDX, launchparams.TEEEmulatedSNP, launchparams.TEEEmulatedTDX:
+	default:
+		return usagef("--tee %q: want snp, tdx, emulated-snp or emulated-tdx", o.tee)
+	}
+	dir := o.bundle
+	if dir == "" {
+		d, err := launch.DefaultBundleDir()
+		if err != nil {
+			return fmt.Errorf("measure: %w (pass --bundle DIR)", err)
+		}
+		dir = d
+	}
+	b, err := launch.LoadBundle(dir)
+	if err != nil {
+		return fmt.Errorf("measure: %w", err)
+	}
+	spec, err := launch.SpecFromImage(o.image, b, o.tee, o.cpus, o.memMiB)
+	if err != nil {
+		return fmt.Errorf("measure: %w", err)
+	}
+	spec.ExtraCmdline = o.extra
+	if o.pages {
+		l, err := spec.Layout()
+		if err != nil {
+			return fmt.Errorf("measure: %w", err)
+		}
+		return printPages(l, launch.VMSAFeatures, stdout)
+	}
+	m, err := spec.Measure()
+	if err != nil {
+		return fmt.Errorf("measure: %w", err)
+	}
+	out := measurements{
+		TEE: spec.Params.TEE, WorkloadID: spec.Params.WorkloadID, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
+		SNPMeasurement: hex.EncodeToString(m.SNP[:]), TDXMRTD: hex.EncodeToString(m.MRTD[:]),
+	}
+	for i, r := range m.RTMRs {
+		out.TDXRTMRs[i] = hex.EncodeToString(r[:])
+	}
+	if o.asJSON {
+		return json.NewEncoder(stdout).Encode(out)
+	}
+	fmt.Fprintf(stdout, "workload %s\ntee %s\nvcpus %d\nmemory_mib %d\n", out.WorkloadID, out.TEE, out.CPUs, out.MemoryMiB)
+	// The value the TEE reports first: that is the one to register.
+	if launch.KindOf(out.TEE) == launch.KindTDX {
+		printTDX(out, stdout)
+		fmt.Fprintf(stdout, "snp_measurement %s\n", out.SNPMeasurement)
+		return nil
+	}
+	fmt.Fprintf(stdout, "snp_measurement %s\n", out.SNPMeasurement)
+	printTDX(out, stdout)
+	return nil
+}
+
+func printTDX(m measurements, w io.Writer) {
+	fmt.Fprintf(w, "tdx_mrtd %s\n", m.TDXMRTD)
+	for i, r := range m.TDXRTMRs {
+		fmt.Fprintf(w, "tdx_rtmr%d %s\n", i, r)
+	}
+}
+
 // measurements is what `measure` prints.
 type measurements struct {
+	TEE            string    `json:"tee,omitempty"`
+	WorkloadID     string    `json:"workload_id,omitempty"`
+	CPUs           int       `json:"vcpus,omitempty"`
+	MemoryMiB      int       `json:"memory_mib,omitempty"`
 	SNPMeasurement string    `json:"snp_measurement"`
 	TDXMRTD        string    `json:"tdx_mrtd"`
 	TDXRTMRs       [4]string `json:"tdx_rtmrs"`
@@ -100,9 +244,6 @@ func printMeasurements(l *layout.Layout, vmsaFeatures uint64, asJSON bool, stdou
 		return json.NewEncoder(stdout).Encode(m)
 	}
 	fmt.Fprintf(stdout, "snp_measurement %s\n", m.SNPMeasurement)
-	fmt.Fprintf(stdout, "tdx_mrtd %s\n", m.TDXMRTD)
-	for i, r := range m.TDXRTMRs {
-		fmt.Fprintf(stdout, "tdx_rtmr%d %s\n", i, r)
-	}
+	printTDX(m, stdout)
 	return nil
 }
