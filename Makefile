@@ -20,12 +20,14 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/krun-tee ./cmd/krun-tee
 	@if [ -d init ]; then CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/init ./init; fi
 
-# The guest (and nested-harness L1) kernel, cached by input hash outside the repo.
-fw: deps
-	@fw-sev/build-kernel.sh
+# The guest (and nested-harness L1) kernel, cached by input hash outside the
+# repo, then the firmware bundle bin/bundle/{shim.bin,vmlinux,initrd.cpio}.
+fw: deps build
+	@fw-sev/build-kernel.sh >/dev/null
+	@fw-sev/build-bundle.sh
 
 # Unit tests (including fuzz seed corpora), short fuzzing, then end to end.
-test: deps build unit fuzz e2e
+test: deps build fw unit fuzz e2e
 
 unit: deps
 	$(GO) vet ./...
@@ -37,11 +39,12 @@ fuzz:
 e2e: deps build fw
 	@tests/e2e/run.sh
 
-bench: deps build
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./... 
-	@for b in tests/bench/*.sh; do [ -x "$$b" ] && "$$b"; done; true
+# Benchmarks print numbers beside a reference measured in the same run.
+bench: deps build fw
+	$(GO) test -run '^$$' -bench . -count 1 ./...
+	@for b in tests/bench/*.sh; do "$$b" || exit 1; done
 
-demo: deps build
+demo: deps build fw
 	@scripts/demo.sh
 
 clean:
