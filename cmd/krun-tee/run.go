@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/krun-tee/krun-tee/virtio/vsock"
 	"github.com/krun-tee/krun-tee/vmm"
 	"github.com/krun-tee/krun-tee/vmm/boot"
+	"github.com/krun-tee/krun-tee/vmm/launch"
 )
 
 // exitRunnerFailed is podman's convention for "the runner, not the
@@ -41,6 +43,7 @@ const (
 // runStdout and runStderr are the console and diagnostics streams (swapped
 // in tests).
 var (
+	runStdin  io.Reader = os.Stdin
 	runStdout io.Writer = os.Stdout
 	runStderr io.Writer = os.Stderr
 )
@@ -64,39 +67,56 @@ type runOptions struct {
 	cpus         int
 	memoryMiB    uint64
 	ports        map[uint32]string
+
+	// The confidential launch of a krun-tee image (run_tee.go).
+	confidential bool
+	image        string
+	bundle       string
+	emulatedRoot string
+	kbsAddr      string
+	cpusSet      bool // --cpus given: overrides the image's (and changes the measurement)
+	memorySet    bool // --memory given: likewise
 }
 
-const runSynopsis = "run --tee none --disk IMAGE [--disk IMAGE]... [--disk-ro] [--kernel F] [--initrd F] [--cmdline-extra S] [--cpus N] [--memory MiB] [--port GUESTPORT:HOSTADDR]... [IMAGE]"
+const runSynopsis = "run [--tee auto|none|emulated-snp|emulated-tdx|snp|tdx] [--emulated-root DIR] [--bundle DIR] [--cpus N] [--memory MiB] [--cmdline-extra S] [--kbs-addr HOST:PORT] IMAGE\n" +
+	"       krun-tee run --tee none --disk IMAGE [--disk IMAGE]... [--disk-ro] [--kernel F] [--initrd F] [--cmdline-extra S] [--cpus N] [--memory MiB] [--port GUESTPORT:HOSTADDR]... [IMAGE]"
 
 func parseRunArgs(args []string) (*runOptions, error) {
 	fs := newFlagSet("run", runSynopsis, runStderr)
 	o := &runOptions{}
 	var disks, ports stringList
-	fs.StringVar(&o.tee, "tee", "none", "confidential-computing technology: none (snp and tdx are not yet supported)")
+	fs.StringVar(&o.tee, "tee", "", "TEE for a krun-tee IMAGE: default the image's own; auto = this host's SEV-SNP/TDX (never emulated); "+
+		"emulated-snp|emulated-tdx = the emulated TEE (testing only); none = no TEE. Anything but the image's TEE changes the measurement")
+	fs.StringVar(&o.bundle, "bundle", "", "firmware bundle directory (shim.bin, vmlinux, initrd.cpio) for IMAGE; default $"+launch.EnvBundle+" or the installed one")
+	fs.StringVar(&o.emulatedRoot, "emulated-root", os.Getenv(launch.EnvEmulatedRoot), "emulated TEE root directory (`krun-tee attest emulated-root init`); default $"+launch.EnvEmulatedRoot)
+	fs.StringVar(&o.kbsAddr, "kbs-addr", "", "HOST:PORT the guest's KBS connection is relayed to (default: the host and port of the image's KBS URL)")
 	fs.Var(&disks, "disk", "disk image; the first is the guest's root disk /dev/vda (repeatable)")
 	fs.BoolVar(&o.diskRO, "disk-ro", false, "attach every disk read-only")
 	fs.StringVar(&o.kernel, "kernel", "", "guest kernel (ELF vmlinux or bzImage); default $"+envKernel+" or one installed next to krun-tee")
 	fs.StringVar(&o.initrd, "initrd", "", "guest initrd holding krun-tee's init; default $"+envInitrd+" or one installed next to krun-tee")
 	fs.StringVar(&o.cmdlineExtra, "cmdline-extra", "", "extra kernel command-line arguments")
-	fs.IntVar(&o.cpus, "cpus", defaultCPUs, fmt.Sprintf("number of vCPUs (1-%d)", boot.MaxVCPUs))
-	fs.Uint64Var(&o.memoryMiB, "memory", defaultMemoryMiB, "guest RAM in MiB")
+	fs.IntVar(&o.cpus, "cpus", defaultCPUs, fmt.Sprintf("number of vCPUs (1-%d); IMAGE: default the image's, and a different value changes the measurement", boot.MaxVCPUs))
+	fs.Uint64Var(&o.memoryMiB, "memory", defaultMemoryMiB, "guest RAM in MiB; IMAGE: default the image's, and a different value changes the measurement")
 	fs.Var(&ports, "port", "expose a host service to the guest: GUESTPORT:tcp:HOST:PORT or GUESTPORT:unix:/PATH (repeatable)")
-	if err := fs.Parse(args); err != nil {
+	positional, err := parseInterspersed(fs, args)
+	if err != nil {
 		return nil, err
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	o.disks = disks
-	switch fs.NArg() {
+	switch len(positional) {
 	case 0:
 	case 1:
-		o.disks = append(o.disks, fs.Arg(0))
+		o.disks = append(o.disks, positional[0])
 	default:
-		return nil, usagef("unexpected arguments %q", fs.Args()[1:])
+		return nil, usagef("unexpected arguments %q", positional[1:])
 	}
-	if o.tee != "none" {
-		if o.tee == "snp" || o.tee == "tdx" {
-			return nil, usagef("--tee %s: not yet supported (only --tee none for now)", o.tee)
-		}
-		return nil, usagef("--tee %q: want none, snp or tdx", o.tee)
+	if conf, err := confidentialRun(o, positional, set); conf || err != nil {
+		return o, err
+	}
+	if o.tee == "" {
+		o.tee = "none"
 	}
 	if len(o.disks) == 0 {
 		return nil, usagef("no disk: pass --disk IMAGE")
@@ -225,6 +245,9 @@ func runCommand(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if o.confidential {
+		return runConfidential(ctx, o)
+	}
 	kernelPath, err := bootFile("kernel", o.kernel, envKernel, defaultKernelPaths())
 	if err != nil {
 		return runFailed("%v", err)
@@ -277,7 +300,7 @@ func runCommand(ctx context.Context, args []string) error {
 		return runFailed("%v", err)
 	}
 	start := time.Now()
-	m, err := vmm.New(vmm.Config{Layout: l, Console: runStdout, Devices: devs})
+	m, err := vmm.New(vmm.Config{Layout: l, Console: runStdout, ConsoleInput: runStdin, Devices: devs})
 	if err != nil {
 		return runFailed("%v", err) // New has closed the devices
 	}

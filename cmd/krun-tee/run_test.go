@@ -34,9 +34,11 @@ func TestParseRunArgsErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--tee", "snp", "--disk", "x"}, "not yet supported"},
-		{[]string{"--tee", "tdx", "--disk", "x"}, "not yet supported"},
-		{[]string{"--tee", "sgx", "--disk", "x"}, "want none"},
+		{[]string{"--tee", "snp", "--disk", "x"}, "--disk belongs to the plain --tee none path"},
+		{[]string{"--tee", "emulated-tdx", "--kernel", "k", "img"}, "--kernel belongs to the plain --tee none path"},
+		{[]string{"--tee", "sgx", "--disk", "x"}, "want auto, none"},
+		{[]string{"--tee", "emulated-snp"}, "needs one IMAGE"},
+		{[]string{"--bundle", "b", "--disk", "x"}, "--bundle needs one IMAGE"},
 		{[]string{}, "no disk"},
 		{[]string{"--disk", ""}, "empty path"},
 		{[]string{"a", "b"}, "unexpected arguments"},

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/krun-tee/krun-tee/init/exitcodes"
+	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/vmm/launch"
+)
+
+// withHostTEE fakes the host's TEE capabilities for one test.
+func withHostTEE(t *testing.T, h launch.HostTEE) {
+	old := hostTEE
+	hostTEE = func() launch.HostTEE { return h }
+	t.Cleanup(func() { hostTEE = old })
+}
+
+func captureRunStderr(t *testing.T) *bytes.Buffer {
+	var b bytes.Buffer
+	runStderr = &b
+	t.Cleanup(func() { runStderr = os.Stderr })
+	return &b
+}
+
+func TestParseRunArgsConfidential(t *testing.T) {
+	captureRunStderr(t)
+	img := launchTestImage(t, launchTestConfig("emulated-snp"))
+	// A krun-tee image alone selects the confidential path, flags after it too.
+	o, err := parseRunArgs([]string{"--bundle", "b", "--emulated-root", "r", img, "--cmdline-extra", "x=1", "--kbs-addr", "127.0.0.1:9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.confidential || o.image != img || o.bundle != "b" || o.emulatedRoot != "r" || o.cmdlineExtra != "x=1" || o.kbsAddr != "127.0.0.1:9" ||
+		o.tee != "" || o.cpusSet || o.memorySet || len(o.disks) != 0 {
+		t.Fatalf("parsed %+v", o)
+	}
+	o, err = parseRunArgs([]string{"--cpus", "2", "--memory", "256", "--tee", "emulated-tdx", img})
+	if err != nil || !o.confidential || !o.cpusSet || !o.memorySet || o.cpus != 2 || o.memoryMiB != 256 || o.tee != "emulated-tdx" {
+		t.Fatalf("overrides: %+v %v", o, err)
+	}
+	// The plain path keeps its form, even for a krun-tee image given as --disk.
+	o, err = parseRunArgs([]string{"--disk", img})
+	if err != nil || o.confidential || o.tee != "none" {
+		t.Fatalf("--disk: %+v %v", o, err)
+	}
+	// A non-LUKS positional image stays on the plain path.
+	plain := t.TempDir() + "/plain.img"
+	os.WriteFile(plain, make([]byte, 8192), 0o644)
+	if o, err = parseRunArgs([]string{plain}); err != nil || o.confidential {
+		t.Fatalf("plain image: %+v %v", o, err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tee", "emulated-snp", plain, "--kbs-addr", "nohost"}, "--kbs-addr"},
+		{[]string{"--tee", "emulated-snp", plain, "--kbs-addr", "h:0"}, "--kbs-addr"},
+		{[]string{img, "--cpus", "0"}, "--cpus"},
+		{[]string{img, "--memory", "4"}, "--memory"},
+		{[]string{"--emulated-root", "r", plain}, "--emulated-root needs one IMAGE"},
+		{[]string{"--tee", "tdx", img, img}, "unexpected arguments"},
+	} {
+		if _, err := parseRunArgs(c.args); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want %q", c.args, err, c.want)
+		}
+	}
+}
+
+func TestPlanConfidential(t *testing.T) {
+	captureRunStderr(t)
+	bundle := launchTestBundle(t)
+	img := launchTestImage(t, launchTestConfig("emulated-snp"))
+	withHostTEE(t, launch.HostTEE{})
+	o, err := parseRunArgs([]string{"--bundle", bundle, img})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := planConfidential(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.tee != "emulated-snp" || p.imageTEE != "emulated-snp" || p.ports[launchparams.KBSPort] != "tcp:127.0.0.1:8443" || len(p.ports) != 1 {
+		t.Fatalf("plan %+v", p)
+	}
+	// The plan's spec is what `measure IMAGE` measures.
+	out, err := runMeasureCmd(t, img, "--bundle", bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := p.spec.Measure()
+	if !strings.Contains(out, "snp_measurement "+hexOf(m.SNP[:])) {
+		t.Errorf("measure disagrees with run's plan:\n%s", out)
+	}
+	o.kbsAddr = "10.0.0.1:443"
+	if p, err = planConfidential(o); err != nil || p.ports[launchparams.KBSPort] != "tcp:10.0.0.1:443" {
+		t.Errorf("--kbs-addr: %+v %v", p, err)
+	}
+
+	// TEE selection as run sees it.
+	realImg := launchTestImage(t, launchTestConfig("snp"))
+	for _, c := range []struct {
+		tee, image string
+		host       launch.HostTEE
+		want       error
+		wantTEE    string
+	}{
+		{"", realImg, launch.HostTEE{}, launch.ErrNoHardwareTEE, ""},
+		{"auto", img, launch.HostTEE{}, launch.ErrNoHardwareTEE, ""},
+		{"auto", img, launch.HostTEE{SNP: true}, launch.ErrRealLaunchUnimplemented, ""},
+		{"emulated-tdx", realImg, launch.HostTEE{}, nil, "emulated-tdx"},
+		{"none", realImg, launch.HostTEE{}, nil, "none"},
+	} {
+		withHostTEE(t, c.host)
+		o := &runOptions{confidential: true, image: c.image, bundle: bundle, tee: c.tee}
+		p, err := planConfidential(o)
+		if c.want != nil {
+			if !errors.Is(err, c.want) {
+				t.Errorf("--tee %q on %+v: %v, want %v", c.tee, c.host, err, c.want)
+			}
+			continue
+		}
+		if err != nil || p.tee != c.wantTEE {
+			t.Errorf("--tee %q: %+v %v", c.tee, p, err)
+		}
+	}
+
+	withHostTEE(t, launch.HostTEE{})
+	o = &runOptions{confidential: true, image: img, bundle: t.TempDir()}
+	if _, err := planConfidential(o); err == nil || !strings.Contains(err.Error(), "missing shim.bin") {
+		t.Errorf("empty bundle: %v", err)
+	}
+}
+
+func hexOf(b []byte) string {
+	const digits = "0123456789abcdef"
+	out := make([]byte, 0, 2*len(b))
+	for _, c := range b {
+		out = append(out, digits[c>>4], digits[c&15])
+	}
+	return string(out)
+}
+
+// TestRunConfidentialRefusals: the failures that happen before any VM.
+func TestRunConfidentialRefusals(t *testing.T) {
+	bundle := launchTestBundle(t)
+	img := launchTestImage(t, launchTestConfig("emulated-snp"))
+	realImg := launchTestImage(t, launchTestConfig("snp"))
+	withHostTEE(t, launch.HostTEE{})
+	t.Setenv(launch.EnvEmulatedRoot, "")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--bundle", bundle, img}, "needs an emulated root: pass --emulated-root DIR"},
+		{[]string{"--bundle", bundle, "--emulated-root", t.TempDir(), img}, "has no snp/ directory"},
+		{[]string{"--bundle", bundle, "--tee", "emulated-tdx", "--emulated-root", t.TempDir(), img}, "has no tdx/ directory"},
+		{[]string{"--bundle", bundle, realImg}, "no SEV-SNP/TDX on this host; use --tee emulated-snp|emulated-tdx"},
+		{[]string{"--bundle", bundle, "--tee", "auto", img}, "no SEV-SNP/TDX on this host"},
+		{[]string{"--bundle", t.TempDir(), img}, "missing shim.bin"},
+	} {
+		stderr := captureRunStderr(t)
+		err := runCommand(context.Background(), c.args)
+		var st exitStatus
+		if !errors.As(err, &st) || int(st) != exitRunnerFailed || !strings.Contains(stderr.String(), c.want) {
+			t.Errorf("run %v: %v, stderr %q, want %q", c.args, err, stderr.String(), c.want)
+		}
+	}
+}
+
+func TestGuestStatus(t *testing.T) {
+	for _, c := range []struct {
+		status int
+		want   string
+	}{
+		{0, ""},
+		{3, ""},
+		{exitcodes.AttestationRefused, "refused the attestation"},
+		{exitcodes.KBSUnreachable, "could not be reached"},
+		{exitcodes.WrongKey, "does not open the disk"},
+	} {
+		stderr := captureRunStderr(t)
+		err := guestStatus(c.status)
+		var st exitStatus
+		if !errors.As(err, &st) || int(st) != c.status {
+			t.Errorf("status %d: %v", c.status, err)
+		}
+		if c.want == "" && stderr.Len() != 0 || c.want != "" && !strings.Contains(stderr.String(), c.want) {
+			t.Errorf("status %d: stderr %q", c.status, stderr.String())
+		}
+		if c.want != "" && strings.Count(stderr.String(), "\n") != 1 {
+			t.Errorf("status %d: want one line, got %q", c.status, stderr.String())
+		}
+	}
+}
