@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -11,13 +9,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/krun-tee/krun-tee/kbs"
+	"github.com/krun-tee/krun-tee/luks"
 )
 
 func init() {
@@ -35,6 +33,8 @@ const kbsUsage = `usage:
       register --workload ID --tee snp|tdx --measurement HEX [--measurement HEX]...
                [--rtmr HEX,HEX,HEX,HEX]... [--min-tcb N,N,...] [--host-data HEX]
                [--allow-emulated] --resource PATH [--resource PATH]...
+      register --image IMAGE --passphrase-file F [--bundle DIR]
+               (measures the image's launch and registers it with its passphrase)
       unregister --workload ID
       list
       audit [--after N] [--limit N]
@@ -217,17 +217,9 @@ func kbsAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	hc := &http.Client{Timeout: 30 * time.Second}
-	if *caFile != "" {
-		pem, err := os.ReadFile(*caFile)
-		if err != nil {
-			return fmt.Errorf("--ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("--ca %s: no PEM certificate", *caFile)
-		}
-		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	hc, err := adminHTTPClient(*caFile)
+	if err != nil {
+		return err
 	}
 	sub := *subject
 	if sub == "" {
@@ -267,6 +259,10 @@ func kbsAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "resource %s deleted\n", path)
 		return nil
 	case "register":
+		if hasFlag(vargs, "image") {
+			reg := &registration{adminKey: *keyFile, adminURL: *url, kbsURL: *url, caFile: *caFile, subject: sub}
+			return registerImage(ctx, reg, vargs, stdout, stderr)
+		}
 		w, err := parseRegister(vargs, stderr)
 		if err != nil {
 			return err
@@ -394,4 +390,69 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// hasFlag reports whether args hold -name or --name (with or without =value).
+func hasFlag(args []string, name string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		a = strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+		if a == name || strings.HasPrefix(a, name+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// registerImage is `kbs admin register --image`: it reads the launch config
+// from the image's header, measures the launch with the bundle and registers
+// the workload and its passphrase, as mkimage --admin-key does.
+func registerImage(ctx context.Context, reg *registration, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("kbs admin register", "kbs admin ... register --image IMAGE --passphrase-file F [--bundle DIR]", stderr)
+	image := fs.String("image", "", "LUKS2 image made by krun-tee mkimage")
+	passFile := fs.String("passphrase-file", "", "the image's passphrase file (IMAGE.passphrase)")
+	fs.StringVar(&reg.bundleDir, "bundle", "", "firmware bundle directory the image boots with (default $KRUN_TEE_BUNDLE or the installed one)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *image == "" || *passFile == "" || fs.NArg() != 0 {
+		return usagef("register --image needs --image IMAGE and --passphrase-file F")
+	}
+	lc, err := readImageLaunchConfig(*image)
+	if err != nil {
+		return err
+	}
+	pass, err := readLimited(*passFile, maxPassphraseFile)
+	if err != nil {
+		return fmt.Errorf("--passphrase-file: %w", err)
+	}
+	defer clear(pass)
+	if len(pass) == 0 {
+		return fmt.Errorf("--passphrase-file %s is empty", *passFile)
+	}
+	return reg.registerOrPrint(ctx, *image, lc, pass, stdout)
+}
+
+// readImageLaunchConfig reads the krun-tee token of an image's LUKS2 header.
+func readImageLaunchConfig(path string) (*luks.LaunchConfig, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("image: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("image: %w", err)
+	}
+	v, err := luks.Open(f, st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", path, err)
+	}
+	lc, err := v.ReadLaunchConfig()
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", path, err)
+	}
+	return lc, nil
 }

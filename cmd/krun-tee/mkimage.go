@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
@@ -13,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +24,9 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/init/workload"
+	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/luks"
+	"github.com/krun-tee/krun-tee/vmm/launch"
 	"golang.org/x/term"
 )
 
@@ -38,7 +42,8 @@ func init() {
 
 const (
 	mkimageSynopsis = "mkimage --rootfs DIR -o IMAGE [--cmd ARG]... [--entrypoint ARG]... [--env K=V]... [--workdir D] [--user U] " +
-		"[--workload-id ID] [--kbs URL] [--kbs-ca FILE] [--tee T] [--cpus N] [--memory MiB] [--passphrase-out FILE] [--size BYTES] [--kdf pbkdf2|argon2id] [--force]"
+		"[--workload-id ID] [--kbs URL] [--kbs-ca FILE] [--tee T] [--cpus N] [--memory MiB] [--passphrase-out FILE] [--size BYTES] [--kdf pbkdf2|argon2id] [--force]\n" +
+		"        [--admin-key FILE [--kbs-admin URL]] [--bundle DIR]   (register the image with the KBS, or print what to register)"
 	// minImageSize: the LUKS2 header area plus a minimal ext4 with journal.
 	minImageSize = luks.DefaultDataOffset + 8<<20
 	// passphraseBytes of randomness, written as hex text (the passphrase is
@@ -55,6 +60,7 @@ type mkimageOptions struct {
 	force                   bool
 	workload                workload.Config
 	launch                  luks.LaunchConfig
+	reg                     registration
 }
 
 func parseMkimageFlags(args []string, stderr io.Writer) (*mkimageOptions, error) {
@@ -83,6 +89,9 @@ func parseMkimageFlags(args []string, stderr io.Writer) (*mkimageOptions, error)
 	fl.StringVar(&size, "size", "", "image size in bytes (suffixes K, M, G; default: fitted to the rootfs)")
 	fl.StringVar(&kdf, "kdf", "pbkdf2", "keyslot KDF: pbkdf2 (1000 iterations) or argon2id (16 MiB)")
 	fl.BoolVar(&o.force, "force", false, "overwrite an existing output image and passphrase file")
+	fl.StringVar(&o.reg.adminKey, "admin-key", "", "KBS admin private key: register the passphrase and the expected measurement with the KBS")
+	fl.StringVar(&o.reg.adminURL, "kbs-admin", "", "KBS URL for the admin calls when it differs from --kbs (e.g. the guests reach the KBS through another address)")
+	fl.StringVar(&o.reg.bundleDir, "bundle", "", "firmware bundle directory the image will boot with (default $KRUN_TEE_BUNDLE or the installed one)")
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -128,9 +137,17 @@ func parseMkimageFlags(args []string, stderr io.Writer) (*mkimageOptions, error)
 			return nil, err
 		}
 		o.launch.KBSCAFingerprint = fp
+		o.reg.caFile = kbsCA
 	}
 	if err := o.launch.Validate(); err != nil {
 		return nil, usagef("%v", err)
+	}
+	o.reg.kbsURL = kbs
+	if o.reg.adminURL == "" {
+		o.reg.adminURL = kbs
+	}
+	if o.reg.adminKey != "" && (kbs == "" || tee == luks.TEENone) {
+		return nil, usagef("--admin-key registers the image with its KBS: it needs --kbs URL and a --tee other than none")
 	}
 	return &o, nil
 }
@@ -211,39 +228,58 @@ func runMkimage(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	return buildImage(ctx, o, stdout, stderr)
+	pass, err := buildImage(ctx, o, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	defer clear(pass)
+	if o.launch.KBSURL == "" || o.launch.TEE == luks.TEENone {
+		return nil // nothing to register: no KBS, or a debug image that attests nothing
+	}
+	if err := o.reg.registerOrPrint(ctx, o.output, &o.launch, pass, stdout); err != nil {
+		if o.reg.adminKey == "" {
+			// Only printing was asked for: the image is good, say how to finish.
+			fmt.Fprintf(stderr, "mkimage: expected measurement not computed: %v\n  register later with `krun-tee kbs admin ... register --image %s --passphrase-file %s --bundle DIR`\n",
+				err, o.output, o.passOut)
+			return nil
+		}
+		return fmt.Errorf("%w (the image %s is complete; register it later with `krun-tee kbs admin ... register --image %s --passphrase-file %s`)",
+			err, o.output, o.output, o.passOut)
+	}
+	return nil
 }
 
-// buildImage writes the image; on any failure it removes what it created.
-func buildImage(ctx context.Context, o *mkimageOptions, stdout, stderr io.Writer) (err error) {
+// buildImage writes the image and returns its passphrase (the caller clears
+// it); on any failure it removes what it created.
+func buildImage(ctx context.Context, o *mkimageOptions, stdout, stderr io.Writer) (passphrase []byte, err error) {
 	st, err := os.Stat(o.rootfs)
 	if err != nil {
-		return fmt.Errorf("rootfs: %w", err)
+		return nil, fmt.Errorf("rootfs: %w", err)
 	}
 	if !st.IsDir() {
-		return fmt.Errorf("rootfs: %s is not a directory", o.rootfs)
+		return nil, fmt.Errorf("rootfs: %s is not a directory", o.rootfs)
 	}
 	for _, tool := range []string{"mke2fs", "debugfs"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s not found (install e2fsprogs): %w", tool, err)
+			return nil, fmt.Errorf("%s not found (install e2fsprogs): %w", tool, err)
 		}
 	}
 	configJSON, err := o.workload.Marshal()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	size := o.size
 	if size == 0 {
 		used, err := treeSize(o.rootfs)
 		if err != nil {
-			return fmt.Errorf("rootfs: %w", err)
+			return nil, fmt.Errorf("rootfs: %w", err)
 		}
 		// ext4 metadata, journal and some free space for the workload.
 		size = luks.DefaultDataOffset + used + used/4 + 16<<20
 	}
 	size = (size + 1<<20 - 1) / (1 << 20) * (1 << 20)
 	if size < minImageSize {
-		return fmt.Errorf("--size %d is too small: the image needs at least %d bytes (1 MiB LUKS2 header + 8 MiB filesystem)", size, minImageSize)
+		return nil, fmt.Errorf("--size %d is too small: the image needs at least %d bytes (1 MiB LUKS2 header + 8 MiB filesystem)", size, minImageSize)
 	}
 
 	flags := os.O_RDWR | os.O_CREATE | os.O_EXCL
@@ -253,9 +289,9 @@ func buildImage(ctx context.Context, o *mkimageOptions, stdout, stderr io.Writer
 	f, err := os.OpenFile(o.output, flags, 0o644)
 	if err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("output %s already exists (use --force to overwrite)", o.output)
+			return nil, fmt.Errorf("output %s already exists (use --force to overwrite)", o.output)
 		}
-		return fmt.Errorf("output: %w", err)
+		return nil, fmt.Errorf("output: %w", err)
 	}
 	created := []string{o.output}
 	defer func() {
@@ -267,7 +303,7 @@ func buildImage(ctx context.Context, o *mkimageOptions, stdout, stderr io.Writer
 		}
 	}()
 	if err := f.Truncate(size); err != nil {
-		return fmt.Errorf("output: %w", err)
+		return nil, fmt.Errorf("output: %w", err)
 	}
 
 	// 1. ext4 straight into the data area of the output file.
@@ -279,51 +315,51 @@ func buildImage(ctx context.Context, o *mkimageOptions, stdout, stderr io.Writer
 	if out, err := mkfs.CombinedOutput(); err != nil {
 		msg := strings.TrimSpace(string(out))
 		if strings.Contains(msg, "Could not allocate") || strings.Contains(msg, "No space") || strings.Contains(msg, "too small") {
-			return fmt.Errorf("--size %d is too small for %s: mke2fs: %s", size, o.rootfs, msg)
+			return nil, fmt.Errorf("--size %d is too small for %s: mke2fs: %s", size, o.rootfs, msg)
 		}
-		return fmt.Errorf("mke2fs: %v: %s", err, msg)
+		return nil, fmt.Errorf("mke2fs: %v: %s", err, msg)
 	}
 
 	// 2. /.krun_config.json, written into the new filesystem (the user's
 	// directory is never touched).
 	if err := writeConfigFile(ctx, fsImage, configJSON); err != nil {
-		return err
+		return nil, err
 	}
 
 	// 3. LUKS2 header, then encrypt the filesystem in place.
 	pass, err := newPassphrase()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer clear(pass)
 	v, vk, err := luks.Format(f, size, pass, luks.FormatOptions{KDF: o.kdf, Label: "krun-tee", Subsystem: "krun-tee"})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer clear(vk)
 	seg, err := v.CryptSegment()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sc, err := luks.NewSegmentCipher(seg, vk)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	off, n, err := v.PayloadRange()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	bar := newProgressBar(stderr, "encrypting")
 	if err := sc.EncryptRange(ctx, f, off, f, off, n, luks.StreamOptions{Progress: bar.update}); err != nil {
 		bar.finish(false)
-		return fmt.Errorf("encrypting: %w", err)
+		return nil, fmt.Errorf("encrypting: %w", err)
 	}
 	bar.finish(true)
 	if err := v.SetLaunchConfig(f, &o.launch); err != nil {
-		return err
+		return nil, err
 	}
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("output: %w", err)
+		return nil, fmt.Errorf("output: %w", err)
 	}
 
 	// 4. The passphrase, never to stdout unless asked for.
@@ -335,21 +371,21 @@ func buildImage(ctx context.Context, o *mkimageOptions, stdout, stderr io.Writer
 		pf, err := os.OpenFile(o.passOut, pflags, 0o600)
 		if err != nil {
 			if errors.Is(err, fs.ErrExist) {
-				return fmt.Errorf("passphrase file %s already exists (use --force to overwrite)", o.passOut)
+				return nil, fmt.Errorf("passphrase file %s already exists (use --force to overwrite)", o.passOut)
 			}
-			return fmt.Errorf("passphrase file: %w", err)
+			return nil, fmt.Errorf("passphrase file: %w", err)
 		}
 		created = append(created, o.passOut)
 		if err := pf.Chmod(0o600); err != nil { // an existing file under --force keeps no wider mode
 			pf.Close()
-			return fmt.Errorf("passphrase file: %w", err)
+			return nil, fmt.Errorf("passphrase file: %w", err)
 		}
 		_, werr := pf.Write(pass)
 		if cerr := pf.Close(); werr == nil {
 			werr = cerr
 		}
 		if werr != nil {
-			return fmt.Errorf("passphrase file: %w", werr)
+			return nil, fmt.Errorf("passphrase file: %w", werr)
 		}
 	}
 
@@ -371,7 +407,7 @@ func buildImage(ctx context.Context, o *mkimageOptions, stdout, stderr io.Writer
 	} else {
 		fmt.Fprintf(stdout, "passphrase:     written to %s (mode 0600)\n", o.passOut)
 	}
-	return nil
+	return append([]byte(nil), pass...), nil
 }
 
 // newPassphrase returns 256 random bits as 64 lowercase hex characters.
@@ -480,4 +516,168 @@ func (p *progressBar) finish(ok bool) {
 		p.update(1, 1)
 	}
 	fmt.Fprintln(p.w)
+}
+
+// registration hands an image's passphrase and expected launch measurement
+// to its KBS through the admin API (DESIGN 2.1 step 4), or prints what an
+// operator has to register when no admin key is given.
+type registration struct {
+	adminKey  string // admin private key; "" = print instead of registering
+	adminURL  string // KBS base URL for the admin calls
+	kbsURL    string // the URL recorded in the image (for the printed commands)
+	caFile    string // CA certificate for the admin connection; "" = system roots
+	bundleDir string // firmware bundle the image boots with; "" = the default one
+	subject   string // operator name in the KBS audit log; "" = $USER
+}
+
+// expectedMeasurements are the launch measurements of an image, hex.
+type expectedMeasurements struct {
+	SNP   string
+	MRTD  string
+	RTMRs [4]string
+}
+
+// measureImage computes what the TEE will report for imagePath booted with
+// the bundle in bundleDir, exactly as `krun-tee run` would launch it.
+func measureImage(imagePath, bundleDir string) (*expectedMeasurements, error) {
+	if bundleDir == "" {
+		d, err := launch.DefaultBundleDir()
+		if err != nil {
+			return nil, fmt.Errorf("measuring: no firmware bundle (pass --bundle DIR): %w", err)
+		}
+		bundleDir = d
+	}
+	b, err := launch.LoadBundle(bundleDir)
+	if err != nil {
+		return nil, fmt.Errorf("measuring: %w", err)
+	}
+	spec, err := launch.SpecFromImage(imagePath, b, "", 0, 0)
+	if err != nil {
+		return nil, fmt.Errorf("measuring: %w", err)
+	}
+	m, err := spec.Measure()
+	if err != nil {
+		return nil, fmt.Errorf("measuring: %w", err)
+	}
+	out := &expectedMeasurements{SNP: hex.EncodeToString(m.SNP[:]), MRTD: hex.EncodeToString(m.MRTD[:])}
+	for i := range m.RTMRs {
+		out.RTMRs[i] = hex.EncodeToString(m.RTMRs[i][:])
+	}
+	return out, nil
+}
+
+// workloadForImage is the KBS reference entry for an image: the measurement
+// of its TEE, its passphrase resource, and emulated evidence admitted only
+// for the emulated TEEs.
+func workloadForImage(lc *luks.LaunchConfig, m *expectedMeasurements) (*kbs.Workload, error) {
+	if lc.ResourcePath == "" {
+		return nil, fmt.Errorf("image of workload %s records no KBS resource path", lc.WorkloadID)
+	}
+	w := &kbs.Workload{ID: lc.WorkloadID, Resources: []string{lc.ResourcePath}}
+	switch lc.TEE {
+	case luks.TEESNP, luks.TEEEmulatedSNP:
+		w.TEE, w.Measurements = kbs.TEESNP, []string{m.SNP}
+	case luks.TEETDX, luks.TEEEmulatedTDX:
+		w.TEE, w.Measurements = kbs.TEETDX, []string{m.MRTD}
+		w.RTMRs = [][]string{m.RTMRs[:]}
+	default:
+		return nil, fmt.Errorf("image of workload %s has tee %q, which attests nothing to register", lc.WorkloadID, lc.TEE)
+	}
+	w.AllowEmulated = lc.TEE == luks.TEEEmulatedSNP || lc.TEE == luks.TEEEmulatedTDX
+	if err := w.Validate(); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// registerOrPrint measures image and registers it with the passphrase, or
+// prints the values when no admin key was given (the passphrase itself is
+// never printed here: it stays in its 0600 file).
+func (r *registration) registerOrPrint(ctx context.Context, image string, lc *luks.LaunchConfig, pass []byte, stdout io.Writer) error {
+	m, err := measureImage(image, r.bundleDir)
+	if err != nil {
+		return err
+	}
+	w, err := workloadForImage(lc, m)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "measurement:    %s (%s)\n", w.Measurements[0], measurementName(w.TEE))
+	if w.TEE == kbs.TEETDX {
+		fmt.Fprintf(stdout, "rtmrs:          %s\n", strings.Join(m.RTMRs[:], ","))
+	}
+	if r.adminKey == "" {
+		printRegisterCommands(stdout, r.kbsURL, w)
+		return nil
+	}
+	ac, err := r.client()
+	if err != nil {
+		return err
+	}
+	if err := ac.SetResource(ctx, lc.ResourcePath, pass); err != nil {
+		return fmt.Errorf("registering: set resource %s: %w", lc.ResourcePath, err)
+	}
+	if _, err := ac.Register(ctx, w); err != nil {
+		return fmt.Errorf("registering: workload %s: %w", w.ID, err)
+	}
+	fmt.Fprintf(stdout, "registered:     workload %s and its passphrase with %s\n", w.ID, r.adminURL)
+	return nil
+}
+
+func measurementName(tee string) string {
+	if tee == kbs.TEETDX {
+		return "TDX MRTD"
+	}
+	return "SNP MEASUREMENT"
+}
+
+// printRegisterCommands tells the operator how to register the workload.
+func printRegisterCommands(stdout io.Writer, kbsURL string, w *kbs.Workload) {
+	args := []string{"register", "--workload", w.ID, "--tee", w.TEE, "--measurement", w.Measurements[0]}
+	for _, set := range w.RTMRs {
+		args = append(args, "--rtmr", strings.Join(set, ","))
+	}
+	args = append(args, "--resource", w.Resources[0])
+	if w.AllowEmulated {
+		args = append(args, "--allow-emulated")
+	}
+	fmt.Fprintf(stdout, "not registered (no --admin-key); an operator registers it with:\n")
+	fmt.Fprintf(stdout, "  krun-tee kbs admin --kbs %s --admin-key ADMIN.key set-resource %s --file PASSPHRASE-FILE\n", kbsURL, w.Resources[0])
+	fmt.Fprintf(stdout, "  krun-tee kbs admin --kbs %s --admin-key ADMIN.key %s\n", kbsURL, strings.Join(args, " "))
+}
+
+// client builds the authenticated admin client, trusting caFile if given.
+func (r *registration) client() (*kbs.AdminClient, error) {
+	signer, err := kbs.LoadAdminPrivateKey(r.adminKey)
+	if err != nil {
+		return nil, err
+	}
+	hc, err := adminHTTPClient(r.caFile)
+	if err != nil {
+		return nil, err
+	}
+	sub := r.subject
+	if sub == "" {
+		sub = os.Getenv("USER")
+	}
+	return &kbs.AdminClient{URL: r.adminURL, Signer: signer, Subject: sub, HTTP: hc}, nil
+}
+
+// adminHTTPClient is an HTTP client for admin calls that trusts the CA in
+// caFile (PEM) instead of the system roots when caFile is set.
+func adminHTTPClient(caFile string) (*http.Client, error) {
+	hc := &http.Client{Timeout: 30 * time.Second}
+	if caFile == "" {
+		return hc, nil
+	}
+	data, err := readLimited(caFile, maxCAFileSize)
+	if err != nil {
+		return nil, fmt.Errorf("kbs ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("kbs ca %s: no PEM certificate", caFile)
+	}
+	hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	return hc, nil
 }

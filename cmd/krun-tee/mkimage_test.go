@@ -14,7 +14,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"flag"
+	"io"
 	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,7 +25,9 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/init/workload"
+	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/luks"
+	"github.com/krun-tee/krun-tee/vmm/launch"
 )
 
 func needTools(t *testing.T, tools ...string) {
@@ -329,5 +333,252 @@ func TestParseSize(t *testing.T) {
 		if got := defaultWorkloadID(in); got != want {
 			t.Errorf("defaultWorkloadID(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// testBundle writes a small firmware bundle: the launch layout only needs
+// a loadable kernel, a shim and an initrd to measure.
+func testBundle(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "bundle")
+	os.MkdirAll(dir, 0o755)
+	shim := bytes.Repeat([]byte{0xf4}, 4096) // hlt
+	for name, data := range map[string][]byte{"shim.bin": shim, "vmlinux": tinyELF(), "initrd.cpio": bytes.Repeat([]byte("initrd"), 700)} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// startDevKBS runs `kbs serve --dev` on a free loopback port until the test
+// ends and returns its URL and state directory.
+func startDevKBS(t *testing.T) (string, string) {
+	t.Helper()
+	state := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- kbsServe(ctx, []string{"--dev", "--listen", addr, "--state", state}, io.Discard) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("dev kbs: %v", err)
+		}
+	})
+	waitForFile(t, filepath.Join(state, devCAFile))
+	hc, err := adminHTTPClient(filepath.Join(state, devCAFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "https://" + addr
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if resp, err := hc.Get(url + "/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return url, state
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("dev KBS did not come up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// expectedFor measures image straight through the launch package.
+func expectedFor(t *testing.T, image, bundle string) *launch.Measurements {
+	t.Helper()
+	b, err := launch.LoadBundle(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := launch.SpecFromImage(image, b, "", 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := spec.Measure()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestMkimageRegistersWithKBS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a dev KBS (generates emulated roots); skipped in -short")
+	}
+	needTools(t, "mke2fs", "debugfs")
+	url, state := startDevKBS(t)
+	ca, adminKey := filepath.Join(state, devCAFile), filepath.Join(state, "admin.key")
+	bundle := testBundle(t)
+	rootfs := testRootfs(t)
+	dir := t.TempDir()
+	ctx := context.Background()
+
+	// mkimage --admin-key: an emulated SNP image registered in one go.
+	snpImage := filepath.Join(dir, "web.luks")
+	var stdout, stderr bytes.Buffer
+	err := runMkimage(ctx, []string{"--rootfs", rootfs, "-o", snpImage, "--cmd", "/bin/true", "--tee", "emulated-snp",
+		"--kbs", url, "--kbs-ca", ca, "--admin-key", adminKey, "--bundle", bundle}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("mkimage: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "registered:     workload web") {
+		t.Fatalf("mkimage output: %s", stdout.String())
+	}
+	pass, _ := os.ReadFile(snpImage + ".passphrase")
+	if strings.Contains(stdout.String()+stderr.String(), string(pass)) {
+		t.Fatal("the passphrase was printed")
+	}
+
+	// mkimage without --admin-key prints the values, then kbs admin register
+	// --image registers a TDX image afterwards.
+	tdxImage := filepath.Join(dir, "batch.luks")
+	stdout.Reset()
+	err = runMkimage(ctx, []string{"--rootfs", rootfs, "-o", tdxImage, "--cmd", "/bin/true", "--tee", "emulated-tdx",
+		"--kbs", url, "--kbs-ca", ca, "--bundle", bundle}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("mkimage: %v\n%s", err, stderr.String())
+	}
+	tdxWant := expectedFor(t, tdxImage, bundle)
+	for _, want := range []string{"not registered", "--tee tdx", "--measurement " + hex.EncodeToString(tdxWant.MRTD[:]),
+		"--resource default/krun-tee/batch", "--allow-emulated", "set-resource default/krun-tee/batch"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("printed registration lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	admin := func(args ...string) string {
+		t.Helper()
+		var out, errb bytes.Buffer
+		full := append([]string{"--kbs", url, "--ca", ca, "--admin-key", adminKey}, args...)
+		if err := kbsAdmin(ctx, full, &out, &errb); err != nil {
+			t.Fatalf("kbs admin %v: %v\n%s", args, err, errb.String())
+		}
+		return out.String()
+	}
+	if l := admin("list"); strings.Contains(l, "batch") {
+		t.Fatalf("printing registered the workload: %s", l)
+	}
+	admin("register", "--image", tdxImage, "--passphrase-file", tdxImage+".passphrase", "--bundle", bundle)
+
+	var listed struct {
+		Workloads []*kbs.Workload `json:"workloads"`
+		Resources []string        `json:"resources"`
+	}
+	if err := json.Unmarshal([]byte(admin("list")), &listed); err != nil {
+		t.Fatal(err)
+	}
+	snpWant := expectedFor(t, snpImage, bundle)
+	byID := map[string]*kbs.Workload{}
+	for _, w := range listed.Workloads {
+		byID[w.ID] = w
+	}
+	web, batch := byID["web"], byID["batch"]
+	if web == nil || web.TEE != "snp" || !web.AllowEmulated || len(web.Measurements) != 1 ||
+		web.Measurements[0] != hex.EncodeToString(snpWant.SNP[:]) || len(web.RTMRs) != 0 ||
+		strings.Join(web.Resources, ",") != "default/krun-tee/web" {
+		t.Errorf("web registered as %+v", web)
+	}
+	var rtmrs []string
+	for _, r := range tdxWant.RTMRs {
+		rtmrs = append(rtmrs, hex.EncodeToString(r[:]))
+	}
+	if batch == nil || batch.TEE != "tdx" || !batch.AllowEmulated || len(batch.Measurements) != 1 ||
+		batch.Measurements[0] != hex.EncodeToString(tdxWant.MRTD[:]) || len(batch.RTMRs) != 1 ||
+		strings.Join(batch.RTMRs[0], ",") != strings.Join(rtmrs, ",") {
+		t.Errorf("batch registered as %+v", batch)
+	}
+	if strings.Join(listed.Resources, ",") != "default/krun-tee/batch,default/krun-tee/web" {
+		t.Errorf("resources %v", listed.Resources)
+	}
+
+	// A wrong admin key: mkimage keeps the image and says how to register later.
+	other := filepath.Join(t.TempDir(), "other.key")
+	kbsAdminKey([]string{"gen", "--out", other}, io.Discard, io.Discard)
+	third := filepath.Join(dir, "third.luks")
+	err = runMkimage(ctx, []string{"--rootfs", rootfs, "-o", third, "--cmd", "/bin/true", "--tee", "emulated-snp",
+		"--kbs", url, "--kbs-ca", ca, "--admin-key", other, "--bundle", bundle}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "register --image "+third) {
+		t.Fatalf("foreign admin key: %v", err)
+	}
+	if _, err := os.Stat(third); err != nil {
+		t.Fatalf("image removed after a failed registration: %v", err)
+	}
+}
+
+func TestWorkloadForImage(t *testing.T) {
+	m := &expectedMeasurements{SNP: strings.Repeat("aa", 48), MRTD: strings.Repeat("bb", 48),
+		RTMRs: [4]string{strings.Repeat("01", 48), strings.Repeat("02", 48), strings.Repeat("03", 48), strings.Repeat("04", 48)}}
+	for _, tc := range []struct {
+		tee, wantTEE, wantMeas string
+		emulated, rtmrs        bool
+		err                    string
+	}{
+		{tee: "snp", wantTEE: "snp", wantMeas: m.SNP},
+		{tee: "emulated-snp", wantTEE: "snp", wantMeas: m.SNP, emulated: true},
+		{tee: "tdx", wantTEE: "tdx", wantMeas: m.MRTD, rtmrs: true},
+		{tee: "emulated-tdx", wantTEE: "tdx", wantMeas: m.MRTD, emulated: true, rtmrs: true},
+		{tee: "none", err: "attests nothing"},
+	} {
+		lc := &luks.LaunchConfig{WorkloadID: "w1", TEE: tc.tee, ResourcePath: "default/krun-tee/w1", VCPUs: 1, MemoryMiB: 512}
+		w, err := workloadForImage(lc, m)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: error %v, want %q", tc.tee, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.tee, err)
+			continue
+		}
+		if w.TEE != tc.wantTEE || w.Measurements[0] != tc.wantMeas || w.AllowEmulated != tc.emulated ||
+			(len(w.RTMRs) == 1) != tc.rtmrs || w.Resources[0] != lc.ResourcePath || w.ID != "w1" {
+			t.Errorf("%s: %+v", tc.tee, w)
+		}
+		if tc.rtmrs && strings.Join(w.RTMRs[0], ",") != strings.Join(m.RTMRs[:], ",") {
+			t.Errorf("%s: rtmrs %v", tc.tee, w.RTMRs)
+		}
+	}
+	lc := &luks.LaunchConfig{WorkloadID: "w1", TEE: "snp", VCPUs: 1, MemoryMiB: 512}
+	if _, err := workloadForImage(lc, m); err == nil || !strings.Contains(err.Error(), "no KBS resource path") {
+		t.Errorf("no resource path: %v", err)
+	}
+	bad := &expectedMeasurements{SNP: "abcd"}
+	lc.ResourcePath = "default/krun-tee/w1"
+	if _, err := workloadForImage(lc, bad); err == nil {
+		t.Error("short measurement accepted")
+	}
+}
+
+func TestMkimageRegistrationFlags(t *testing.T) {
+	rootfs := t.TempDir()
+	for _, args := range [][]string{
+		{"--rootfs", rootfs, "-o", "x.luks", "--cmd", "x", "--admin-key", "k"},                                        // no --kbs
+		{"--rootfs", rootfs, "-o", "x.luks", "--cmd", "x", "--admin-key", "k", "--kbs", "https://a", "--tee", "none"}, // nothing to attest
+	} {
+		var u usageError
+		if _, err := parseMkimageFlags(args, io.Discard); !errors.As(err, &u) {
+			t.Errorf("%q: want a usage error, got %v", args, err)
+		}
+	}
+	o, err := parseMkimageFlags([]string{"--rootfs", rootfs, "-o", "x.luks", "--cmd", "x", "--kbs", "https://10.0.0.1:8443", "--kbs-admin", "https://127.0.0.1:9443",
+		"--admin-key", "k", "--bundle", "b"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.reg.adminURL != "https://127.0.0.1:9443" || o.reg.kbsURL != "https://10.0.0.1:8443" || o.reg.bundleDir != "b" || o.reg.adminKey != "k" {
+		t.Fatalf("registration %+v", o.reg)
+	}
+	if !hasFlag([]string{"--image=x"}, "image") || !hasFlag([]string{"-image", "x"}, "image") ||
+		hasFlag([]string{"--images", "x"}, "image") || hasFlag([]string{"--", "--image"}, "image") {
+		t.Error("hasFlag")
 	}
 }
