@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/krun-tee/krun-tee/luks"
+	"github.com/krun-tee/krun-tee/vmm/boot"
 	"github.com/krun-tee/krun-tee/vmm/launch"
 )
 
@@ -19,7 +21,7 @@ func launchTestBundle(t *testing.T) string {
 	dir := filepath.Join(t.TempDir(), "bundle")
 	os.MkdirAll(dir, 0o755)
 	for name, data := range map[string][]byte{
-		launch.BundleShimFile:   bytes.Repeat([]byte{0xf4}, 4096),
+		launch.BundleShimFile:   launchTestShim(),
 		launch.BundleKernelFile: tinyELF(),
 		launch.BundleInitrdFile: bytes.Repeat([]byte("initrd"), 700),
 	} {
@@ -28,6 +30,29 @@ func launchTestBundle(t *testing.T) string {
 		}
 	}
 	return dir
+}
+
+// launchTestShim is a minimal boot shim that boot.ParseShim accepts: the header
+// (magic, version 1, header length 0x20, the parameter block, page-table
+// and scratch addresses, the range limit) and a near jump at the reset
+// vector into the shim; the rest is hlt. Byte offsets per vmm/boot's
+// shim header.
+func launchTestShim() []byte {
+	const size = 4096
+	le := binary.LittleEndian
+	b := bytes.Repeat([]byte{0xf4}, size)
+	copy(b, boot.ShimMagic)
+	le.PutUint32(b[0x08:], boot.ShimVersion)
+	le.PutUint32(b[0x0c:], 0x20)
+	le.PutUint32(b[0x10:], boot.ShimParamsAddr)
+	le.PutUint32(b[0x14:], boot.ShimPageTablesAddr)
+	le.PutUint32(b[0x18:], boot.ShimScratchAddr)
+	le.PutUint32(b[0x1c:], boot.ParamMaxRanges)
+	rv := b[size-16:]
+	rv[0] = 0xe9 // jmp rel32 to the shim's byte 0x40
+	target := int64(boot.FirmwareWindowEnd - size + 0x40)
+	le.PutUint32(rv[1:], uint32(int32(target-int64(boot.ResetVector+5))))
+	return b
 }
 
 // launchTestImage writes a small LUKS2 image carrying lc in its krun-tee token.

@@ -6,29 +6,20 @@ import (
 	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
-// TEEKind is the family of TEE a layout is built for: SEV-SNP layouts carry
-// the secrets and CPUID pages, TDX layouts do not.
-type TEEKind int
+// TEEKind is the family of TEE a layout is built for (boot.TEEKind): SEV-SNP
+// layouts carry the secrets and CPUID pages, TDX and plain ones do not.
+type TEEKind = boot.TEEKind
 
 // TEE families.
 const (
-	KindNone TEEKind = iota
-	KindSNP
-	KindTDX
+	KindNone = boot.TEENone
+	KindSNP  = boot.TEESNP
+	KindTDX  = boot.TEETDX
 )
 
-func (k TEEKind) String() string {
-	switch k {
-	case KindSNP:
-		return "snp"
-	case KindTDX:
-		return "tdx"
-	}
-	return "none"
-}
-
-// KindOf maps a launchparams TEE value to its family (emulated TEEs launch
-// exactly as the real ones do).
+// KindOf maps a launchparams TEE value to its family. Emulated TEEs launch
+// exactly the layout the real ones would; the shim runs an SNP or TDX
+// layout on plain KVM too (it hides the SNP CC blob from the kernel there).
 func KindOf(tee string) TEEKind {
 	switch tee {
 	case launchparams.TEESNP, launchparams.TEEEmulatedSNP:
@@ -39,12 +30,11 @@ func KindOf(tee string) TEEKind {
 	return KindNone
 }
 
-// buildLayout is the one place that chooses the layout builder. Until the
-// firmware-mode builder (boot.BuildFirmware: shim at 4 GiB, SNP secrets and
-// CPUID pages) is available, the direct-boot layout of boot.Build is the
-// launch layout: it is complete and deterministic, but the shim is not part
-// of it, so it is not yet what real SNP/TDX hardware can start.
+// buildLayout is the one place that chooses the layout builder: firmware
+// mode, every vCPU 0 starting at the reset vector inside the bundle's boot
+// shim (the only start a real SNP/TDX guest can have). No CPUID page
+// contents are supplied: the launch measures a CPUID page as zeros either
+// way, and only real SNP hardware checks its contents.
 func buildLayout(cfg boot.Config, shim []byte, kind TEEKind) (*layout.Layout, error) {
-	_, _ = shim, kind
-	return boot.Build(cfg)
+	return boot.BuildFirmware(boot.FirmwareConfig{Config: cfg, Shim: shim, TEE: kind})
 }

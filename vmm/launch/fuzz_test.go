@@ -181,7 +181,7 @@ func benchBundle(b *testing.B) *Bundle {
 	seg := uint64(6000 + 8<<20)
 	putLE64(k[elfHeaderSize+32:], seg)
 	putLE64(k[elfHeaderSize+40:], seg+0x10000)
-	return &Bundle{Shim: bytes.Repeat([]byte{0xf4}, 4096), Kernel: k, Initrd: bytes.Repeat([]byte{7}, 4<<20)}
+	return &Bundle{Shim: testShim(), Kernel: k, Initrd: bytes.Repeat([]byte{7}, 4<<20)}
 }
 
 func putLE64(b []byte, v uint64) {

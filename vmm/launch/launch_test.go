@@ -60,8 +60,31 @@ func testKernel(fill byte) []byte {
 	return append(hdr, text...)
 }
 
+// testShim is a minimal boot shim that boot.ParseShim accepts: the header
+// (magic, version 1, header length 0x20, the parameter block, page-table
+// and scratch addresses, the range limit) and a near jump at the reset
+// vector into the shim; the rest is hlt. Byte offsets per vmm/boot's
+// shim header.
+func testShim() []byte {
+	const size = 4096
+	le := binary.LittleEndian
+	b := bytes.Repeat([]byte{0xf4}, size)
+	copy(b, boot.ShimMagic)
+	le.PutUint32(b[0x08:], boot.ShimVersion)
+	le.PutUint32(b[0x0c:], 0x20)
+	le.PutUint32(b[0x10:], boot.ShimParamsAddr)
+	le.PutUint32(b[0x14:], boot.ShimPageTablesAddr)
+	le.PutUint32(b[0x18:], boot.ShimScratchAddr)
+	le.PutUint32(b[0x1c:], boot.ParamMaxRanges)
+	rv := b[size-16:]
+	rv[0] = 0xe9 // jmp rel32 to the shim's byte 0x40
+	target := int64(boot.FirmwareWindowEnd - size + 0x40)
+	le.PutUint32(rv[1:], uint32(int32(target-int64(boot.ResetVector+5))))
+	return b
+}
+
 func testBundle() *Bundle {
-	return &Bundle{Shim: bytes.Repeat([]byte{0xf4}, 4096), Kernel: testKernel(0x90), Initrd: bytes.Repeat([]byte("initrd!"), 1000), Dir: "test"}
+	return &Bundle{Shim: testShim(), Kernel: testKernel(0x90), Initrd: bytes.Repeat([]byte("initrd!"), 1000), Dir: "test"}
 }
 
 func writeBundle(t *testing.T, b *Bundle) string {
@@ -278,8 +301,17 @@ func TestMeasureDeterministicAndSensitive(t *testing.T) {
 	if d, _ := sev.LaunchDigest(l, 0); d != base.SNP {
 		t.Error("Measure's SNP digest differs from sev.LaunchDigest of Layout")
 	}
-	if d, _ := tdx.MRTD(l); d != base.MRTD {
-		t.Error("Measure's MRTD differs from tdx.MRTD of Layout")
+	// MRTD is over the TD layout: the same spec launched as a TD (no SNP
+	// secrets and CPUID pages).
+	tl, err := testSpec(t).layoutFor(KindTDX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := tdx.MRTD(tl); d != base.MRTD {
+		t.Error("Measure's MRTD differs from tdx.MRTD of the TD layout")
+	}
+	if d, _ := tdx.MRTD(l); d == base.MRTD {
+		t.Error("the SNP layout has the TD layout's MRTD: the SNP-only pages are missing")
 	}
 	changes := []struct {
 		name string
@@ -523,6 +555,9 @@ func TestLoadEmulatedFromDisk(t *testing.T) {
 	if err != nil || emu.Measurements.SNP != m.SNP || emu.TEE != "emulated-snp" {
 		t.Fatalf("snp: %v", err)
 	}
+	s.Params.TEE = "emulated-tdx"
+	m, _ = s.Measure()
+	l, _ = s.Layout()
 	emu, err = LoadEmulated("emulated-tdx", root, l)
 	if err != nil || emu.Measurements.MRTD != m.MRTD || emu.TEE != "emulated-tdx" {
 		t.Fatalf("tdx: %v", err)
