@@ -39,6 +39,9 @@ type Config struct {
 	Layout *layout.Layout
 	// Console receives the guest's COM1 output.
 	Console io.Writer
+	// ConsoleInput, if set, is fed to COM1's receiver while the VM runs
+	// (the workload's stdin is the console).
+	ConsoleInput io.Reader
 	// Devices are attached as virtio-mmio devices in order, device i at
 	// boot.VirtioSlot(i); the kernel command line must name them
 	// (boot.KernelCmdline). The machine owns them: Close closes them, and
@@ -85,16 +88,17 @@ func (e Exit) String() string {
 
 // Machine is a configured, not yet running (or finished) VM.
 type Machine struct {
-	sys     *kvm.System
-	vm      *kvm.VM
-	mem     *Memory
-	vcpus   []*vcpu
-	pio     *devices.Bus
-	mmio    *devices.Bus
-	console *devices.ConsoleWriter
-	serial  *devices.Serial
-	virtio  []*virtioSlot
-	irqs    []*kvm.EventFD
+	sys       *kvm.System
+	vm        *kvm.VM
+	mem       *Memory
+	vcpus     []*vcpu
+	pio       *devices.Bus
+	mmio      *devices.Bus
+	console   *devices.ConsoleWriter
+	serial    *devices.Serial
+	consoleIn io.Reader
+	virtio    []*virtioSlot
+	irqs      []*kvm.EventFD
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -124,10 +128,11 @@ func New(cfg Config) (_ *Machine, err error) {
 		console = io.Discard
 	}
 	m := &Machine{
-		pio:     devices.NewBus("pio"),
-		mmio:    devices.NewBus("mmio"),
-		console: devices.NewConsoleWriter(console, 20*time.Millisecond),
-		done:    make(chan struct{}),
+		pio:       devices.NewBus("pio"),
+		mmio:      devices.NewBus("mmio"),
+		console:   devices.NewConsoleWriter(console, 20*time.Millisecond),
+		consoleIn: cfg.ConsoleInput,
+		done:      make(chan struct{}),
 	}
 	defer func() {
 		if err != nil {
@@ -393,6 +398,9 @@ func (m *Machine) Run(ctx context.Context) (Exit, error) {
 	}
 	for _, c := range m.vcpus {
 		go m.runVCPU(c)
+	}
+	if m.consoleIn != nil {
+		go m.serial.FeedInput(m.consoleIn, m.done)
 	}
 	select {
 	case <-m.done:

@@ -177,9 +177,8 @@ func TestSerialInput(t *testing.T) {
 	if u.in(uartRBR) != 'h' || u.in(uartRBR) != 'i' || u.in(uartLSR)&lsrDR != 0 {
 		t.Error("received bytes wrong")
 	}
-	u.Input(bytes.Repeat([]byte{1}, 2*maxRxBuffered))
-	if len(u.rx) != maxRxBuffered {
-		t.Errorf("rx buffer grew to %d", len(u.rx))
+	if n := u.Input(bytes.Repeat([]byte{1}, 2*maxRxBuffered)); n != maxRxBuffered || len(u.rx) != maxRxBuffered {
+		t.Errorf("accepted %d, rx buffer %d; want both %d", n, len(u.rx), maxRxBuffered)
 	}
 	// Wider accesses and offsets outside the window are ignored.
 	wide := []byte{1, 2}
@@ -306,4 +305,39 @@ func FuzzGuestPortAccesses(f *testing.F) {
 			t.Fatalf("output %q, want %q", out.Bytes(), want.Bytes())
 		}
 	})
+}
+
+func TestSerialFeedInput(t *testing.T) {
+	u := newUART()
+	u.outb(uartIER, ierRDI)
+	in := bytes.Repeat([]byte("0123456789"), 1000) // more than the buffer holds
+	done := make(chan struct{})
+	go func() {
+		u.FeedInput(bytes.NewReader(in), nil)
+		close(done)
+	}()
+	var got []byte
+	deadline := time.After(20 * time.Second)
+	for len(got) < len(in) {
+		u.mu.Lock()
+		ready := len(u.rx) > 0
+		u.mu.Unlock()
+		if !ready {
+			select {
+			case <-deadline:
+				t.Fatalf("received %d of %d bytes", len(got), len(in))
+			case <-time.After(time.Millisecond):
+			}
+			continue
+		}
+		got = append(got, u.in(uartRBR))
+	}
+	<-done
+	if !bytes.Equal(got, in) {
+		t.Error("input reordered or lost")
+	}
+	// A closed stop channel ends a feed blocked on a full buffer.
+	stop := make(chan struct{})
+	close(stop)
+	u.FeedInput(bytes.NewReader(bytes.Repeat([]byte{1}, 2*maxRxBuffered)), stop)
 }

@@ -3,6 +3,7 @@ package devices
 import (
 	"io"
 	"sync"
+	"time"
 )
 
 // COM1's ISA resources.
@@ -86,8 +87,10 @@ func NewSerial(out io.Writer, interrupt func()) *Serial {
 	return &Serial{out: out, interrupt: interrupt, dll: 12 /* 9600 baud */, mcr: mcrOUT2}
 }
 
-// Input queues bytes for the guest to receive (console input).
-func (s *Serial) Input(b []byte) {
+// Input queues bytes for the guest to receive (console input) and returns
+// how many fit; the receive buffer holds at most 4 KiB, so a caller with
+// more waits and retries (see FeedInput).
+func (s *Serial) Input(b []byte) int {
 	s.mu.Lock()
 	room := maxRxBuffered - len(s.rx)
 	if len(b) > room {
@@ -98,6 +101,35 @@ func (s *Serial) Input(b []byte) {
 	s.mu.Unlock()
 	if raise {
 		s.interrupt()
+	}
+	return len(b)
+}
+
+// FeedInput copies r to the guest's receive buffer until r ends or stop is
+// closed, waiting while the buffer is full rather than dropping input.
+func (s *Serial) FeedInput(r io.Reader, stop <-chan struct{}) {
+	buf := make([]byte, 256)
+	for {
+		n, err := r.Read(buf)
+		for data := buf[:n]; len(data) > 0; {
+			data = data[s.Input(data):]
+			if len(data) == 0 {
+				break
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		if err != nil {
+			return
+		}
+		select {
+		case <-stop:
+			return
+		default:
+		}
 	}
 }
 
