@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -412,7 +413,22 @@ func (m *Machine) Run(ctx context.Context) (Exit, error) {
 	if m.exit.Kind != ExitWorkload {
 		m.logVCPUs()
 	}
+	if m.exit.Kind == ExitCanceled {
+		// A guest stopped from outside has usually hung: say where.
+		m.exit.Reason += " (" + m.vcpuRIPs() + ")"
+	}
 	return m.exit, m.hostErr
+}
+
+// vcpuRIPs lists each stopped vCPU's instruction pointer.
+func (m *Machine) vcpuRIPs() string {
+	var parts []string
+	for _, c := range m.vcpus {
+		if regs, err := c.GetRegs(); err == nil {
+			parts = append(parts, fmt.Sprintf("vCPU %d at rip %#x", c.ID, regs.RIP))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // logVCPUs logs where each stopped vCPU was, to diagnose guests that hang or

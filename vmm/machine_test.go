@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -191,6 +192,11 @@ func TestTinyGuestCancel(t *testing.T) {
 	exit, err := m.Run(ctx)
 	if err != nil || exit.Kind != ExitCanceled {
 		t.Errorf("exit %+v err %v, want canceled", exit, err)
+	}
+	// The reason says where the vCPUs were: the BSP in the loop at codeAddr,
+	// the AP still at the reset vector waiting for SIPI.
+	if !strings.Contains(exit.Reason, fmt.Sprintf("vCPU 0 at rip %#x", codeAddr+1)) || !strings.Contains(exit.Reason, "vCPU 1 at rip 0xfff0") {
+		t.Errorf("reason %q lacks the vCPU positions", exit.Reason)
 	}
 	if _, err := m.Run(context.Background()); err == nil {
 		t.Error("second Run succeeded")
