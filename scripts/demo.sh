@@ -104,7 +104,7 @@ grep -E '^(image|workload id|tee|kbs|kbs ca sha256|passphrase): ' "$work/mkimage
 
 stage "measuring (expected launch measurement of this image with this firmware bundle)"
 "$bin" measure "$demo/demo.img" >"$work/measure.log" 2>&1 || { cat "$work/measure.log" >&2; die "measure failed"; }
-sed 's/^/    /' "$work/measure.log"
+grep -E '^(tee|snp_measurement) ' "$work/measure.log" | sed 's/^/    /' 
 
 stage "registering the passphrase and the measurement with the KBS"
 "$bin" kbs admin "${admin[@]}" register --image "$demo/demo.img" --passphrase-file "$demo/demo.img.passphrase" \
@@ -136,7 +136,7 @@ mark() { adm audit --after 0 --limit 1000 | awk -F'\t' 'END { print ($1 == "" ? 
 events() { adm audit --after "$1" --limit 1000 | awk -F'\t' '$3 == "release" || $3 == "refuse" { printf "%s %s %s %s\n", $3, $5, $4, ($6 == "-" ? "" : $6) }'; }
 run() { # LOG ARGS...: krun-tee run of the demo image
 	log=$1; shift
-	"$KRUN_TEE" run --bundle "$d/bundle" --emulated-root "$st/emulated-root" "$@" "$d/demo.img" </dev/null >"$log" 2>&1
+	timeout 300 "$KRUN_TEE" run --bundle "$d/bundle" --emulated-root "$st/emulated-root" "$@" "$d/demo.img" </dev/null >"$log" 2>&1
 }
 say "==> launching in emulated SEV-SNP"
 m=$(mark); run /tmp/demo-run.log; rc=$?
