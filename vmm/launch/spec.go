@@ -123,6 +123,12 @@ func (s *Spec) validate() error {
 	if err := s.Params.Validate(); err != nil {
 		return fmt.Errorf("launch: %w", err)
 	}
+	// launchparams and the LUKS token accept any URL with a non-empty
+	// authority ("https://:" included); the host must also be able to relay
+	// to it.
+	if _, err := KBSAddress(s.Params.KBSURL); err != nil {
+		return err
+	}
 	return nil
 }
 
