@@ -211,7 +211,7 @@ func runConfidential(ctx context.Context, o *runOptions) error {
 	if len(devs) != launch.NumDevices {
 		return runFailed("internal: %d devices, the measured command line names %d", len(devs), launch.NumDevices)
 	}
-	m, err := vmm.New(vmm.Config{Layout: l, Console: runStdout, Devices: devs})
+	m, err := vmm.New(vmm.Config{Layout: l, Console: runStdout, ConsoleInput: runStdin, Devices: devs})
 	if err != nil {
 		return runFailed("%v", err) // New has closed the devices
 	}
