@@ -30,9 +30,9 @@ const (
 const EnvBundle = "KRUN_TEE_BUNDLE"
 
 // Bounds on bundle files: a mistaken path (a disk image) must not be read
-// whole. The shim lives in the 2 MiB below 4 GiB.
+// whole. The shim must fit the firmware window below 4 GiB.
 const (
-	MaxShimSize   = 2 << 20
+	MaxShimSize   = boot.ShimMaxSize
 	MaxKernelSize = boot.MaxKernelSize
 	MaxInitrdSize = 1 << 30
 )
