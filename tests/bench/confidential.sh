@@ -7,7 +7,7 @@
 # whose absence the init refuses). Uses the nested harness's inputs
 # (tests/e2e/run.sh --conf): conf-snp.img and echo.img.
 #
-#   tests/bench/confidential.sh [--runs N]     (default 3 runs of each)
+#   tests/bench/confidential.sh [--runs N] [--krun-tee PATH]   (default 3 runs of each; bin/krun-tee)
 #
 # Per run: launch-to-exit wall time in L1 and the guest's uptime when the
 # workload ran. For the confidential runs also the time per stage: measure
@@ -19,10 +19,11 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
-runs=3
+runs=3 krun_tee=()
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--runs) runs=$2; shift 2 ;;
+	--krun-tee) krun_tee=(--krun-tee "$2"); shift 2 ;;
 	-h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "confidential.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
@@ -63,7 +64,7 @@ EOS
 status=0
 logf=$(mktemp)
 trap 'rm -f "$logf"' EXIT
-"$root/tests/e2e/run.sh" --conf --shell-cmd "$cmd" --timeout $((400 + runs * 2 * 150)) 2>&1 | sed 's/\r$//' >"$logf" || status=$?
+"$root/tests/e2e/run.sh" "${krun_tee[@]}" --conf --shell-cmd "$cmd" --timeout $((400 + runs * 2 * 150)) 2>&1 | sed 's/\r$//' >"$logf" || status=$?
 if grep -q '^BENCHERR ' "$logf" || ! grep -q '^BENCH emulated-snp ' "$logf"; then
 	echo "confidential.sh: no results from tests/e2e/run.sh (exit $status):" >&2
 	grep '^BENCHERR ' "$logf" >&2 || tail -n 30 "$logf" >&2
