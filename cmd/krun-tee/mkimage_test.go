@@ -337,13 +337,12 @@ func TestParseSize(t *testing.T) {
 }
 
 // testBundle writes a small firmware bundle: the launch layout only needs
-// a loadable kernel, a shim and an initrd to measure.
+// a loadable kernel, a shim with a valid header and an initrd to measure.
 func testBundle(t *testing.T) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "bundle")
 	os.MkdirAll(dir, 0o755)
-	shim := bytes.Repeat([]byte{0xf4}, 4096) // hlt
-	for name, data := range map[string][]byte{"shim.bin": shim, "vmlinux": tinyELF(), "initrd.cpio": bytes.Repeat([]byte("initrd"), 700)} {
+	for name, data := range map[string][]byte{"shim.bin": launchTestShim(), "vmlinux": tinyELF(), "initrd.cpio": bytes.Repeat([]byte("initrd"), 700)} {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
 			t.Fatal(err)
 		}
