@@ -110,9 +110,9 @@ func serveQuote(conn net.Conn, p Provider, log *slog.Logger) {
 	_ = conn.SetDeadline(time.Now().Add(quoteTimeout))
 	resp := answerQuote(conn, p)
 	if resp.Error != "" {
-		log.Warn("emulated quote request refused", "tee", p.TEE(), "reason", resp.Error)
+		log.Warn("emulated quote request refused", "evidence_tee", p.TEE(), "reason", resp.Error)
 	} else {
-		log.Info("emulated quote issued", "tee", resp.TEE, "emulated", true)
+		log.Info("emulated quote issued", "evidence_tee", resp.TEE, "emulated", true)
 	}
 	out, _ := json.Marshal(resp)
 	_, _ = conn.Write(append(out, '\n'))
