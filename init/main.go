@@ -185,6 +185,9 @@ func (g *guest) shutdown(status int) {
 		}
 	}
 	syncAll()
+	// The VMM stops the instant it sees the status, so anything still in
+	// the console's transmit buffer would be lost: wait for it to drain.
+	drainConsole(g.console)
 	if err := reportExitStatus(byte(status)); err != nil {
 		fmt.Fprintf(g.console, "krun-init: report: %v\n", err)
 	}

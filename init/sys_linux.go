@@ -7,6 +7,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"syscall"
 	"time"
@@ -140,6 +141,30 @@ func killProcess(pid int, sig unix.Signal) error { return unix.Kill(pid, sig) }
 
 // killAllButInit signals every process except PID 1 (and kernel threads).
 func killAllButInit(sig unix.Signal) error { return unix.Kill(-1, sig) }
+
+// drainConsole waits until the console has transmitted what was written to
+// it (tcdrain), for at most drainTimeout: a console that never drains must
+// not keep the status from being reported. Writers that are not terminals
+// need nothing.
+func drainConsole(w io.Writer) {
+	f, ok := w.(*os.File)
+	if !ok || !isTerminal(f) {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = unix.IoctlSetInt(int(f.Fd()), unix.TCSBRK, 1)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(drainTimeout):
+	}
+}
+
+// drainTimeout bounds drainConsole; a 115200-baud UART sends 4 KiB (the
+// serial driver's transmit buffer) in about 0.35 s.
+const drainTimeout = 2 * time.Second
 
 // reportExitStatus writes status as one byte to the VMM's exit port through
 // /dev/port. If /dev/port is missing (devtmpfs failed), it makes its own node
