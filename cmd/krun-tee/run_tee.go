@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -77,11 +79,14 @@ func confidentialRun(o *runOptions, positional []string, set map[string]bool) (b
 	return true, nil
 }
 
-// isLaunchImage reports whether path is a LUKS2 image with a krun-tee token.
+// isLaunchImage reports whether path is meant for the confidential path: a
+// LUKS2 image with a krun-tee token, or one that carries the LUKS magic but
+// does not open (a damaged header must be reported as such, not booted as a
+// plain disk).
 func isLaunchImage(path string) bool {
 	f, v, err := luks.OpenFile(path, os.O_RDONLY)
 	if err != nil {
-		return false
+		return !errors.Is(err, luks.ErrNotLUKS) && !errors.Is(err, fs.ErrNotExist)
 	}
 	f.Close()
 	return v.LaunchConfigTokenID() >= 0

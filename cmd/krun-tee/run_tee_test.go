@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -195,5 +197,40 @@ func TestGuestStatus(t *testing.T) {
 		if c.want != "" && strings.Count(stderr.String(), "\n") != 1 {
 			t.Errorf("status %d: want one line, got %q", c.status, stderr.String())
 		}
+	}
+}
+
+func TestIsLaunchImage(t *testing.T) {
+	img := launchTestImage(t, launchTestConfig("emulated-snp"))
+	if !isLaunchImage(img) {
+		t.Fatal("a krun-tee image is not recognised")
+	}
+	// Damage the checksummed part of both header copies but keep the
+	// magic: still a LUKS image, so run must report the header error
+	// rather than boot it as a plain disk.
+	data, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdrSize := int(binary.BigEndian.Uint64(data[8:16]))
+	for _, off := range []int{0, hdrSize} {
+		data[off+0x200] ^= 0xff // inside the header, past magic/version/size
+	}
+	damaged := filepath.Join(t.TempDir(), "damaged.luks")
+	if err := os.WriteFile(damaged, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if !isLaunchImage(damaged) {
+		t.Error("a LUKS image with both headers damaged is sent to the plain path")
+	}
+	plain := filepath.Join(t.TempDir(), "plain.img")
+	if err := os.WriteFile(plain, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if isLaunchImage(plain) {
+		t.Error("a non-LUKS disk is taken for a launch image")
+	}
+	if isLaunchImage(filepath.Join(t.TempDir(), "missing")) {
+		t.Error("a missing file is taken for a launch image")
 	}
 }
