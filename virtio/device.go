@@ -94,3 +94,16 @@ type Activation struct {
 // ErrNotActive is returned by device operations that need a driver that has
 // completed initialisation (DRIVER_OK).
 var ErrNotActive = errors.New("virtio: device not active")
+
+// ReadConfigSpace serves a guest read of data at offset from a device's
+// read-only configuration space: bytes past its end read as zero, as the
+// transport allows reads of any width at any offset.
+func ReadConfigSpace(config []byte, offset uint64, data []byte) {
+	for i := range data {
+		if o := offset + uint64(i); o >= offset && o < uint64(len(config)) {
+			data[i] = config[o]
+		} else {
+			data[i] = 0
+		}
+	}
+}

@@ -550,3 +550,27 @@ func TestConfigGenerationAndDeviceFailure(t *testing.T) {
 		t.Fatalf("status after reset %#x", s)
 	}
 }
+
+func TestReadConfigSpace(t *testing.T) {
+	cfg := []byte{1, 2, 3, 4}
+	cases := []struct {
+		off  uint64
+		n    int
+		want []byte
+	}{
+		{0, 4, []byte{1, 2, 3, 4}},
+		{2, 4, []byte{3, 4, 0, 0}},
+		{4, 2, []byte{0, 0}},
+		{^uint64(0), 2, []byte{0, 0}}, // offset+i wraps: must not index config
+	}
+	for _, c := range cases {
+		got := make([]byte, c.n)
+		for i := range got {
+			got[i] = 0xaa
+		}
+		virtio.ReadConfigSpace(cfg, c.off, got)
+		if string(got) != string(c.want) {
+			t.Errorf("offset %#x: got %v, want %v", c.off, got, c.want)
+		}
+	}
+}

@@ -180,13 +180,7 @@ func (d *Device) QueueMaxSizes() []uint16 { return []uint16{QueueSize} }
 
 // ReadConfig implements virtio.Device.
 func (d *Device) ReadConfig(offset uint64, data []byte) {
-	for i := range data {
-		if o := offset + uint64(i); o < cfgLen {
-			data[i] = d.config[o]
-		} else {
-			data[i] = 0
-		}
-	}
+	virtio.ReadConfigSpace(d.config[:], offset, data)
 }
 
 // WriteConfig implements virtio.Device; no field is writable (no CONFIG_WCE).

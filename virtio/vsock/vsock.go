@@ -123,13 +123,7 @@ func (d *Device) QueueMaxSizes() []uint16 { return []uint16{QueueSize, QueueSize
 
 // ReadConfig implements virtio.Device.
 func (d *Device) ReadConfig(offset uint64, data []byte) {
-	for i := range data {
-		if o := offset + uint64(i); o < cfgLen {
-			data[i] = d.config[o]
-		} else {
-			data[i] = 0
-		}
-	}
+	virtio.ReadConfigSpace(d.config[:], offset, data)
 }
 
 // WriteConfig implements virtio.Device; configuration space is read-only.
