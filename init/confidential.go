@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"net"
 
+	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/init/confidential"
 	"github.com/krun-tee/krun-tee/init/exitcodes"
 	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/init/stages"
 	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
 	"github.com/krun-tee/krun-tee/luks/dm"
@@ -45,6 +47,7 @@ func (g *guest) mountConfidentialRoot(cmdline string, bc bootConfig) error {
 	if err != nil {
 		return asInitError(err)
 	}
+	prov = &stageProvider{Provider: prov, reached: g.reached}
 	log := slog.New(slog.NewTextHandler(g.console, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	client, err := confidential.NewKBSClient(params, prov, kbs.VsockDialer(hostCID, launchparams.KBSPort), log)
 	if err != nil {
@@ -53,6 +56,7 @@ func (g *guest) mountConfidentialRoot(cmdline string, bc bootConfig) error {
 	if err := waitForBlockDevice(bc.Root, bc.RootWait); err != nil {
 		return fail("root", statusRoot, err)
 	}
+	g.reached(stages.RootDevice)
 	stage := &confidential.Stage{
 		Params:          params,
 		Fetcher:         client,
@@ -60,11 +64,30 @@ func (g *guest) mountConfidentialRoot(cmdline string, bc bootConfig) error {
 		OpenMapper:      func() (confidential.Mapper, error) { return dm.OpenControl() },
 		Mount:           func(dev string) error { return mountFS(dev, newRoot, bc.RootFSType, 0, "") },
 		MaxKDFMemoryKiB: kdfMemoryLimitKiB(),
+		Reached:         g.reached,
 	}
 	if _, err := stage.Run(context.Background()); err != nil {
 		return asInitError(err)
 	}
 	return nil
+}
+
+// stageProvider reports the evidence stage each time its provider returns
+// evidence. The provider is called inside the KBS client's attest exchange,
+// the only place that sees evidence arrive before the key does; a retried
+// exchange reports it again, and the host keeps every report.
+type stageProvider struct {
+	evidence.Provider
+	reached func(stages.Stage)
+}
+
+// Evidence returns the wrapped provider's evidence.
+func (p *stageProvider) Evidence(reportData [64]byte) (attest.TEE, []byte, error) {
+	tee, ev, err := p.Provider.Evidence(reportData)
+	if err == nil {
+		p.reached(stages.Evidence)
+	}
+	return tee, ev, err
 }
 
 // asInitError turns a confidential-stage error into init's one-line failure.

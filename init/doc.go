@@ -12,6 +12,12 @@
 // one byte to I/O port 0xf4 through /dev/port. reboot(RB_POWER_OFF) is the
 // fallback if the VMM does not stop the VM on that write.
 //
+// Boot stages: for timing, init also writes one byte per boot stage it
+// reaches to I/O port 0xf8 (the stage port; table and numbering in package
+// init/stages) through /dev/port, from the moment devtmpfs is mounted. A
+// failed write is ignored, so the stages can never break a boot, and nothing
+// is printed, so the workload's console output is unchanged.
+//
 // Confidential stage: when /proc/cmdline carries krun.* launch parameters
 // (package init/launchparams; they are part of the launch measurement), the
 // root is a LUKS2 disk and init, before the steps above, mounts configfs

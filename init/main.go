@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/init/confidential"
+	"github.com/krun-tee/krun-tee/init/stages"
 	"github.com/krun-tee/krun-tee/init/workload"
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +24,19 @@ type guest struct {
 	console     io.Writer
 	rootMounted bool // the root disk is mounted at newRoot
 	switched    bool // and is now /
+	// portNode is the port device the boot stages are written to
+	// (portDevice; empty: stages are not reported).
+	portNode string
+}
+
+// reached reports boot stage s to the VMM's stage port for boot timing
+// (init/stages). A failed write is ignored on purpose: the stages are a
+// measurement aid, and a boot must not fail or print because of them.
+func (g *guest) reached(s stages.Stage) {
+	if g.portNode == "" {
+		return
+	}
+	_ = reportStage(g.portNode, s)
 }
 
 func main() {
@@ -32,7 +46,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "krun-init: must run as PID 1 inside the guest")
 		os.Exit(2)
 	}
-	g := &guest{console: os.Stderr}
+	g := &guest{console: os.Stderr, portNode: portDevice}
 	status := g.run()
 	g.shutdown(status)
 }
@@ -57,6 +71,9 @@ func (g *guest) boot() (int, error) {
 	if err := mountBase(); err != nil {
 		return 0, fail("setup", statusSetup, err)
 	}
+	// The first moment the port device exists (devtmpfs is mounted); the
+	// mounts before it take a few milliseconds.
+	g.reached(stages.InitStarted)
 	raw, err := readBounded("/proc/cmdline", maxCmdlineRead)
 	if err != nil {
 		return 0, fail("setup", statusSetup, err)
@@ -76,10 +93,12 @@ func (g *guest) boot() (int, error) {
 		if err := waitForBlockDevice(bc.Root, bc.RootWait); err != nil {
 			return 0, fail("root", statusRoot, err)
 		}
+		g.reached(stages.RootDevice)
 		if err := mountFS(bc.Root, newRoot, bc.RootFSType, 0, ""); err != nil {
 			return 0, fail("root", statusRoot, err)
 		}
 	}
+	g.reached(stages.RootMounted)
 	g.rootMounted = true
 
 	data, err := readBounded(newRoot+workload.Path, 1<<20+1)
@@ -121,6 +140,9 @@ func (g *guest) boot() (int, error) {
 	if err != nil {
 		return 0, fail("exec", execErrorStatus(err), err)
 	}
+	// ForkExec returns once the exec succeeded (or failed), so this is the
+	// workload's start.
+	g.reached(stages.WorkloadExec)
 	s := &supervisor{
 		child: pid, wait4: wait4, kill: killProcess, killAll: killAllButInit,
 		grace: 2 * time.Second, poll: 500 * time.Millisecond,

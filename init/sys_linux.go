@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/krun-tee/krun-tee/init/stages"
 )
 
 // exitPort is the I/O port the VMM watches: one byte written there is the
@@ -170,7 +172,7 @@ const drainTimeout = 2 * time.Second
 // /dev/port. If /dev/port is missing (devtmpfs failed), it makes its own node
 // (char 1:4) in a tmpfs or the root.
 func reportExitStatus(status byte) error {
-	err := writePort("/dev/port", exitPort, status)
+	err := writePort(portDevice, exitPort, status)
 	if err == nil || !errors.Is(err, unix.ENOENT) {
 		return err
 	}
@@ -182,6 +184,20 @@ func reportExitStatus(status byte) error {
 		}
 	}
 	return err
+}
+
+// portDevice is the kernel's I/O port device (char 1:4), which devtmpfs
+// provides once /dev is mounted.
+const portDevice = "/dev/port"
+
+// reportStage writes stage s as one byte to the VMM's stage port through the
+// port device node (portDevice in the guest; a plain file in tests, where
+// the byte lands at offset stages.Port). Callers ignore the error: the
+// stages are for timing, and timing must never break a boot. Unlike
+// reportExitStatus it makes no node of its own when /dev is missing: a boot
+// that lost devtmpfs is failing anyway, and one stage fewer costs nothing.
+func reportStage(node string, s stages.Stage) error {
+	return writePort(node, stages.Port, byte(s))
 }
 
 // writePort writes one byte at offset port of the port device node.

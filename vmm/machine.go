@@ -1,6 +1,6 @@
 // Package vmm is krun-tee's KVM virtual machine monitor for x86-64: guest
 // memory, vCPUs on locked OS threads, the in-kernel irqchip and PIT, the
-// legacy devices (COM1, i8042 reset, exit port) and virtio-mmio devices wired
+// legacy devices (COM1, i8042 reset, exit and stage ports) and virtio-mmio devices wired
 // with ioeventfd/irqfd. The guest's initial memory and registers come from a
 // launch layout (package vmm/boot builds it), so what runs is exactly what
 // `krun-tee measure` hashes.
@@ -97,6 +97,7 @@ type Machine struct {
 	mmio      *devices.Bus
 	console   *devices.ConsoleWriter
 	serial    *devices.Serial
+	stages    *devices.StageDevice
 	consoleIn io.Reader
 	virtio    []*virtioSlot
 	irqs      []*kvm.EventFD
@@ -273,7 +274,7 @@ func (m *Machine) newIRQ(gsi uint32) (func(), error) {
 	}, nil
 }
 
-// attachLegacy puts COM1, the i8042, the exit port and quiet sinks on the
+// attachLegacy puts COM1, the i8042, the exit and stage ports and quiet sinks on the
 // port bus.
 func (m *Machine) attachLegacy() error {
 	irq4, err := m.newIRQ(devices.COM1IRQ)
@@ -287,6 +288,8 @@ func (m *Machine) attachLegacy() error {
 	exitDev := devices.NewExitDevice(func(status uint8) {
 		m.stop(Exit{Kind: ExitWorkload, Status: status})
 	})
+	// The guest's boot stages, for timing; debug-level log lines only.
+	m.stages = devices.NewStageDevice(slog.Default())
 	for _, d := range []struct {
 		base, size uint64
 		name       string
@@ -296,6 +299,7 @@ func (m *Machine) attachLegacy() error {
 		{devices.I8042DataPort, 1, "i8042-data", i8042},
 		{devices.I8042CommandPort, 1, "i8042-cmd", &offsetDevice{dev: i8042, add: devices.I8042CommandPort - devices.I8042DataPort}},
 		{devices.ExitPort, 1, "exit", exitDev},
+		{devices.StagePort, 1, "stage", m.stages},
 		// Ports Linux touches while booting that need no behaviour: the
 		// other UARTs' probes, the POST/delay port.
 		{0x2f8, 8, "com2", devices.Sink{}},
@@ -370,6 +374,11 @@ func (m *Machine) attachVirtio(i int, dev virtio.Device) error {
 	return nil
 }
 
+// Stages returns the boot stages the guest's init reported on the stage
+// port, with their times since Run started. The guest is untrusted: this is
+// for timing, not evidence.
+func (m *Machine) Stages() []devices.StageEvent { return m.stages.Events() }
+
 // Memory returns guest RAM.
 func (m *Machine) Memory() *Memory { return m.mem }
 
@@ -397,6 +406,9 @@ func (m *Machine) Run(ctx context.Context) (Exit, error) {
 	if !m.ran.CompareAndSwap(false, true) {
 		return Exit{}, errors.New("vmm: Run called twice")
 	}
+	// Stage times count from here: what the guest reports is then the
+	// boot itself, not the VM's construction.
+	m.stages.Start()
 	for _, c := range m.vcpus {
 		go m.runVCPU(c)
 	}

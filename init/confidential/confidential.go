@@ -13,6 +13,7 @@ import (
 
 	"github.com/krun-tee/krun-tee/init/exitcodes"
 	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/init/stages"
 	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/luks/dm"
@@ -116,6 +117,18 @@ type Stage struct {
 	// MaxKDFMemoryKiB skips argon2 keyslots needing more memory than the
 	// guest can give (see luks.Volume.MaxKDFMemoryKiB); 0: the luks bound.
 	MaxKDFMemoryKiB int
+	// Reached, if set, is told the stages only Run sees complete (key
+	// received, disk unlocked), for boot timing; init writes them to the
+	// VMM's stage port and reports the mounted root itself, as on the
+	// plain path. It must not fail the boot.
+	Reached func(stages.Stage)
+}
+
+// reached reports s to Reached, if set.
+func (s *Stage) reached(st stages.Stage) {
+	if s.Reached != nil {
+		s.Reached(st)
+	}
 }
 
 // Run fetches the passphrase, unlocks and maps the disk and mounts it. It
@@ -152,6 +165,7 @@ func (s *Stage) Run(ctx context.Context) (*dm.Device, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.reached(stages.KeyReceived)
 	key, slot, err := vol.Unlock(f, pass)
 	clear(pass) // no longer needed, whatever Unlock said
 	defer clear(key)
@@ -177,6 +191,7 @@ func (s *Stage) Run(ctx context.Context) (*dm.Device, error) {
 	if err != nil {
 		return nil, fail(exitcodes.DMCrypt, err)
 	}
+	s.reached(stages.DiskUnlocked)
 	if err := s.Mount(dev.Path); err != nil {
 		if rerr := m.Remove(name); rerr != nil {
 			err = errors.Join(err, rerr)

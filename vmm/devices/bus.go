@@ -1,7 +1,7 @@
 // Package devices holds the VMM's emulated platform devices — the 8250 UART,
-// the i8042 reset line, the exit-status port — and the bus that routes guest
-// port and MMIO accesses to them. Every access comes from the guest and is
-// handled without trusting its size or offset.
+// the i8042 reset line, the exit-status and boot-stage ports — and the bus
+// that routes guest port and MMIO accesses to them. Every access comes from
+// the guest and is handled without trusting its size or offset.
 package devices
 
 import (
