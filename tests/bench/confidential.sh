@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
 	case "$1" in
 	--runs) runs=$2; shift 2 ;;
 	--krun-tee) krun_tee=(--krun-tee "$2"); shift 2 ;;
-	-h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "confidential.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
