@@ -1,7 +1,7 @@
 // Package vmm is krun-tee's KVM virtual machine monitor for x86-64: guest
 // memory, vCPUs on locked OS threads, the in-kernel irqchip and PIT, the
-// legacy devices (COM1, i8042 reset, exit and stage ports) and virtio-mmio devices wired
-// with ioeventfd/irqfd. The guest's initial memory and registers come from a
+// legacy devices (COM1, i8042 reset, exit and stage ports) and virtio-mmio
+// devices wired with ioeventfd/irqfd. The guest's initial memory and registers come from a
 // launch layout (package vmm/boot builds it), so what runs is exactly what
 // `krun-tee measure` hashes.
 package vmm
@@ -274,8 +274,8 @@ func (m *Machine) newIRQ(gsi uint32) (func(), error) {
 	}, nil
 }
 
-// attachLegacy puts COM1, the i8042, the exit and stage ports and quiet sinks on the
-// port bus.
+// attachLegacy puts COM1, the i8042, the exit and stage ports and quiet
+// sinks on the port bus.
 func (m *Machine) attachLegacy() error {
 	irq4, err := m.newIRQ(devices.COM1IRQ)
 	if err != nil {

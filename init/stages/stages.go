@@ -7,7 +7,8 @@
 //
 // One byte per stage, written once when the stage is reached:
 //
-//	1  init-started     init runs as PID 1 (before any mount)
+//	1  init-started     init runs as PID 1 and has mounted /proc, /sys, /dev, /run
+//	                    (the first moment the port device exists)
 //	2  root-device      the root disk's block device appeared
 //	3  evidence         the quote provider returned evidence (confidential only)
 //	4  key-received     attested and the KBS released the passphrase (confidential only)
