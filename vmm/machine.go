@@ -1,9 +1,9 @@
 // Package vmm is krun-tee's KVM virtual machine monitor for x86-64: guest
 // memory, vCPUs on locked OS threads, the in-kernel irqchip and PIT, the
 // legacy devices (COM1, i8042 reset, exit and stage ports) and virtio-mmio
-// devices wired with ioeventfd/irqfd. The guest's initial memory and registers come from a
-// launch layout (package vmm/boot builds it), so what runs is exactly what
-// `krun-tee measure` hashes.
+// devices wired with ioeventfd/irqfd. The guest's initial memory and
+// registers come from a launch layout (package vmm/boot builds it), so what
+// runs is exactly what `krun-tee measure` hashes.
 package vmm
 
 import (
