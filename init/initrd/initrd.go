@@ -63,7 +63,7 @@ func cleanName(name string) (string, error) {
 	if strings.ContainsRune(n, 0) {
 		return "", fmt.Errorf("initrd: path %q contains NUL", name)
 	}
-	if path.Clean(n) != n || n == ".." || strings.HasPrefix(n, "../") {
+	if path.Clean(n) != n || strings.HasPrefix(n, "/") || n == ".." || strings.HasPrefix(n, "../") {
 		return "", fmt.Errorf("initrd: path %q is not clean (no //, ., .. or trailing /)", name)
 	}
 	if n == trailerName {
