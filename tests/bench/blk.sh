@@ -101,7 +101,7 @@ while [ \$i -le $runs ]; do
 				--disk "\$img" --disk "\$data" </dev/null >"\$log" 2>&1
 			rc=\$? ;;
 		esac
-		sed 's/\r\$//' "\$log" | grep -E '^BLK(RES|INFO|ERR|DONE)' | sed "s/^/BLK \$vmm \$i /"
+		sed 's/\r\$//' "\$log" | grep -oE 'BLK(RES|INFO|ERR|DONE).*' | sed "s/^/BLK \$vmm \$i /"
 		echo "BLKRUN \$vmm \$i status=\$rc secs=\$(elapsed "\$t0")"
 		[ "\$rc" = 0 ] || tail -n 15 "\$log" | sed 's/^/  | /'
 	done

@@ -7,9 +7,8 @@
 #   tests/bench/rss.sh [--runs N] [--only qemu|krun-tee]   (default 3 runs of each)
 #
 # The guest reads 16 MiB of its root disk with O_DIRECT (so the virtio-blk
-# path has been used), prints a marker and sleeps; while it sleeps, L1 reads
-# /proc/<VMM pid>/status three times, a second apart, and keeps the largest
-# value of each field. krun-tee maps guest RAM as shared anonymous memory
+# path has been used) and then spins for 6 s; L1 reads /proc/<VMM pid>/status
+# once a second from launch to exit and keeps the largest value of each field. krun-tee maps guest RAM as shared anonymous memory
 # (vmm/memory.go: MAP_SHARED|MAP_ANONYMOUS|MAP_NORESERVE, and the same for
 # the firmware window), so guest RAM is RssShmem and RssAnon + RssFile is the
 # VMM's own memory (Go heap and stacks, device buffers, mapped binary).
@@ -25,7 +24,7 @@ while [ $# -gt 0 ]; do
 	case "$1" in
 	--runs) runs=$2; shift 2 ;;
 	--only) vmms=$2; shift 2 ;;
-	-h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "rss.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
@@ -35,7 +34,8 @@ for v in $vmms; do case $v in qemu | krun-tee) ;; *) echo "rss.sh: --only wants 
 read -r -d '' guest <<'EOS' || true
 dd if=/dev/vda of=/dev/null bs=64k count=256 iflag=direct 2>/dev/null || { echo "RSSERR reading /dev/vda failed"; exit 1; }
 echo RSS-READY
-sleep 6
+end=$(($(cut -d. -f1 /proc/uptime) + 6))
+while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do :; done
 echo RSS-DONE
 EOS
 
@@ -66,15 +66,11 @@ while [ \$i -le $runs ]; do
 		( sleep "\$STEP_TIMEOUT"; kill \$pid 2>/dev/null ) &
 		wd=\$!
 		n=0
-		while ! grep -q RSS-READY "\$log" && kill -0 \$pid 2>/dev/null; do sleep 0.2; done
-		if grep -q RSS-READY "\$log"; then
-			for s in 1 2 3; do
-				sleep 1
-				kill -0 \$pid 2>/dev/null || break
-				echo "RSS \$vmm \$i \$(awk '/^(VmRSS|VmHWM|RssAnon|RssFile|RssShmem|Threads):/ { sub(":", "", \$1); printf "%s=%s ", \$1, \$2 }' /proc/\$pid/status)"
-				n=\$((n + 1))
-			done
-		fi
+		while kill -0 \$pid 2>/dev/null; do
+			sleep 1
+			st=\$(awk '/^(VmRSS|VmHWM|RssAnon|RssFile|RssShmem|Threads):/ { sub(":", "", \$1); printf "%s=%s ", \$1, \$2 }' /proc/\$pid/status 2>/dev/null)
+			[ -z "\$st" ] || { echo "RSS \$vmm \$i \$st"; n=\$((n + 1)); }
+		done
 		wait \$pid
 		raw=\$?
 		kill \$wd 2>/dev/null
