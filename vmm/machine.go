@@ -51,6 +51,10 @@ type Config struct {
 	// AllowSoftwareKVM lets the VM run on kvm-pvm. Linux guests do not work
 	// there; tiny test programs do.
 	AllowSoftwareKVM bool
+	// StallTimeout is how long a runnable vCPU may stay at one instruction
+	// without an exit before Run stops the VM with ExitStalled: 0 means
+	// DefaultStallTimeout, negative disables the watchdog.
+	StallTimeout time.Duration
 }
 
 // ExitKind classifies how a guest stopped.
@@ -71,6 +75,7 @@ const (
 	ExitUnhandled              // an exit reason the VMM does not handle
 	ExitCanceled               // the host asked the VM to stop (signal, context)
 	ExitHostError              // the VMM itself failed (an ioctl error)
+	ExitStalled                // a vCPU made no progress for Config.StallTimeout
 )
 
 // Exit says how and why a guest stopped.
@@ -99,6 +104,7 @@ type Machine struct {
 	serial    *devices.Serial
 	stages    *devices.StageDevice
 	consoleIn io.Reader
+	stall     time.Duration
 	virtio    []*virtioSlot
 	irqs      []*kvm.EventFD
 
@@ -112,8 +118,11 @@ type Machine struct {
 
 type vcpu struct {
 	*kvm.VCPU
-	tid    atomic.Int64 // OS thread id while running, for kicks
-	exited chan struct{}
+	tid       atomic.Int64 // OS thread id while running, for kicks
+	exited    chan struct{}
+	userExits atomic.Uint64        // exits served by the VMM: progress for the watchdog
+	sampleReq chan chan vcpuSample // the watchdog's state requests
+	stats     *kvm.Stats           // KVM's counters; nil if the kernel has none
 }
 
 // New creates the VM: KVM objects, guest RAM loaded from the layout, vCPUs
@@ -134,7 +143,11 @@ func New(cfg Config) (_ *Machine, err error) {
 		mmio:      devices.NewBus("mmio"),
 		console:   devices.NewConsoleWriter(console, 20*time.Millisecond),
 		consoleIn: cfg.ConsoleInput,
+		stall:     cfg.StallTimeout,
 		done:      make(chan struct{}),
+	}
+	if m.stall == 0 {
+		m.stall = DefaultStallTimeout
 	}
 	defer func() {
 		if err != nil {
@@ -221,7 +234,14 @@ func (m *Machine) createVCPUs(states []layout.VCPUState) error {
 		if err != nil {
 			return err
 		}
-		m.vcpus = append(m.vcpus, &vcpu{VCPU: c, exited: make(chan struct{})})
+		v := &vcpu{VCPU: c, exited: make(chan struct{}), sampleReq: make(chan chan vcpuSample, 1)}
+		m.vcpus = append(m.vcpus, v)
+		if m.sys.CheckExtension(kvm.CapBinaryStatsFD) > 0 {
+			if v.stats, err = c.OpenStats(); err != nil {
+				slog.Debug("vmm: no vCPU statistics", "vcpu", id, "err", err)
+				v.stats = nil
+			}
+		}
 		// CPUID first: KVM refuses EFER.LME without a CPUID that has LM.
 		cpuid := NormalizeCPUID(supported, id, len(states))
 		if err := c.SetCPUID(cpuid); err != nil {
@@ -415,6 +435,9 @@ func (m *Machine) Run(ctx context.Context) (Exit, error) {
 	if m.consoleIn != nil {
 		go m.serial.FeedInput(m.consoleIn, m.done)
 	}
+	if m.stall > 0 {
+		go m.watchdog(m.stall)
+	}
 	select {
 	case <-m.done:
 	case <-ctx.Done():
@@ -499,12 +522,16 @@ func (m *Machine) runVCPU(c *vcpu) {
 	c.tid.Store(int64(kvm.Gettid()))
 	defer c.tid.Store(0)
 	for !m.stopped() {
+		c.serveSample()
 		if err := c.Run(); err != nil {
 			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
 				continue
 			}
 			m.fail(fmt.Errorf("vmm: vCPU %d: KVM_RUN: %w", c.ID, err))
 			return
+		}
+		if r := c.ExitReason(); r == kvm.ExitIO || r == kvm.ExitMMIO {
+			c.userExits.Add(1)
 		}
 		if e, stop := m.handleExit(c); stop {
 			m.stop(e)
@@ -597,6 +624,9 @@ func (m *Machine) Close() error {
 		errs = append(errs, e.Close())
 	}
 	for _, c := range m.vcpus {
+		if c.stats != nil {
+			errs = append(errs, c.stats.Close())
+		}
 		errs = append(errs, c.Close())
 	}
 	if m.vm != nil {

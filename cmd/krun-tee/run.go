@@ -26,6 +26,10 @@ import (
 // workload, failed": setup errors and guests that stop without reporting.
 const exitRunnerFailed = 125
 
+// exitGuestStalled: the VM was stopped because a vCPU made no progress for
+// --stall-timeout (timeout(1)'s status for "timed out").
+const exitGuestStalled = 124
+
 // Defaults of `krun-tee run`.
 const (
 	defaultMemoryMiB = 512
@@ -67,6 +71,7 @@ type runOptions struct {
 	cpus         int
 	memoryMiB    uint64
 	ports        map[uint32]string
+	stallTimeout time.Duration
 
 	// The confidential launch of a krun-tee image (run_tee.go).
 	confidential bool
@@ -97,6 +102,7 @@ func parseRunArgs(args []string) (*runOptions, error) {
 	fs.StringVar(&o.cmdlineExtra, "cmdline-extra", "", "extra kernel command-line arguments (IMAGE: measured, so they change the measurement)")
 	fs.IntVar(&o.cpus, "cpus", defaultCPUs, fmt.Sprintf("number of vCPUs (1-%d); IMAGE: default the image's, and a different value changes the measurement", boot.MaxVCPUs))
 	fs.Uint64Var(&o.memoryMiB, "memory", defaultMemoryMiB, "guest RAM in MiB; IMAGE: default the image's, and a different value changes the measurement")
+	fs.DurationVar(&o.stallTimeout, "stall-timeout", vmm.DefaultStallTimeout, "stop the VM (status 124) when a vCPU stays runnable at one instruction, without exits, this long; 0 disables")
 	fs.Var(&ports, "port", "expose a host service to the guest: GUESTPORT:tcp:HOST:PORT or GUESTPORT:unix:/PATH (repeatable)")
 	positional, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -300,7 +306,7 @@ func runCommand(ctx context.Context, args []string) error {
 		return runFailed("%v", err)
 	}
 	start := time.Now()
-	m, err := vmm.New(vmm.Config{Layout: l, Console: runStdout, ConsoleInput: runStdin, Devices: devs})
+	m, err := vmm.New(vmm.Config{Layout: l, Console: runStdout, ConsoleInput: runStdin, Devices: devs, StallTimeout: vmmStallTimeout(o)})
 	if err != nil {
 		return runFailed("%v", err) // New has closed the devices
 	}
@@ -314,7 +320,26 @@ func runCommand(ctx context.Context, args []string) error {
 	if exit.Kind == vmm.ExitWorkload {
 		return exitStatus(int(exit.Status))
 	}
+	return vmFailed(exit)
+}
+
+// vmFailed ends run for a guest that stopped without a workload status:
+// 124 for a stalled vCPU, 125 otherwise, with the VMM's one-line reason.
+func vmFailed(exit vmm.Exit) error {
+	if exit.Kind == vmm.ExitStalled {
+		fmt.Fprintf(runStderr, "krun-tee run: %s\n", exit.Reason)
+		return exitStatus(exitGuestStalled)
+	}
 	return runFailed("%s", exit.Reason)
+}
+
+// vmmStallTimeout maps --stall-timeout to vmm.Config (0 there means the
+// default, negative disables).
+func vmmStallTimeout(o *runOptions) time.Duration {
+	if o.stallTimeout <= 0 {
+		return -1
+	}
+	return o.stallTimeout
 }
 
 // readBounded reads a whole file of at most limit bytes.

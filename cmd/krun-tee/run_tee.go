@@ -216,7 +216,7 @@ func runConfidential(ctx context.Context, o *runOptions) error {
 	if len(devs) != launch.NumDevices {
 		return runFailed("internal: %d devices, the measured command line names %d", len(devs), launch.NumDevices)
 	}
-	m, err := vmm.New(vmm.Config{Layout: l, Console: runStdout, ConsoleInput: runStdin, Devices: devs})
+	m, err := vmm.New(vmm.Config{Layout: l, Console: runStdout, ConsoleInput: runStdin, Devices: devs, StallTimeout: vmmStallTimeout(o)})
 	if err != nil {
 		return runFailed("%v", err) // New has closed the devices
 	}
@@ -230,7 +230,7 @@ func runConfidential(ctx context.Context, o *runOptions) error {
 		return runFailed("%v", err)
 	}
 	if exit.Kind != vmm.ExitWorkload {
-		return runFailed("%s", exit.Reason)
+		return vmFailed(exit)
 	}
 	return guestStatus(int(exit.Status))
 }

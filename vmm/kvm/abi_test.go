@@ -102,6 +102,8 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_SET_LAPIC", ioSetLAPIC, 0x4400ae8f},
 		{"KVM_SET_CPUID2", ioSetCPUID2, 0x4008ae90},
 		{"KVM_SET_XCRS", ioSetXCRS, 0x4188aea7},
+		{"KVM_GET_MP_STATE", ioGetMPState, 0x8004ae98},
+		{"KVM_GET_STATS_FD", ioGetStatsFD, 0xaece},
 	}
 	for _, tc := range tests {
 		if tc.got != tc.want {
