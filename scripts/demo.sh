@@ -138,25 +138,38 @@ run() { # LOG ARGS...: krun-tee run of the demo image
 	log=$1; shift
 	timeout 300 "$KRUN_TEE" run --bundle "$d/bundle" --emulated-root "$st/emulated-root" "$@" "$d/demo.img" </dev/null >"$log" 2>&1
 }
+fail=""
+check() { # CONDITION-STATUS WHAT: remember the first thing that was not as expected
+	[ "$1" = 0 ] || { [ -n "$fail" ] || fail=$2; }
+}
 say "==> launching in emulated SEV-SNP (EMULATED: memory is not encrypted, reports are signed by a local test root)"
 m=$(mark); run /tmp/demo-run.log; rc=$?
 ev=$(events "$m")
 if echo "$ev" | grep -q '^release'; then say "==> attested; key released"; else say "==> no key released"; fi
+echo "$ev" | grep -q '^release'; check $? "the KBS released no key for the good launch"
 echo "$ev" | sed '/^$/d; s/^/DEMO|     KBS audit: /'
 say "==> workload output:"
 # The console minus logs and boot noise (the EMULATED warning was said above).
 grep -v -E '^(time=|\[ *[0-9]+\.[0-9]+\]|ACPI|krun-tee run: WARNING)' /tmp/demo-run.log | sed 's/\r$//; /^$/d; s/^/DEMO|     /'
+grep -q 'Hello from inside a confidential microVM!' /tmp/demo-run.log; check $? "the workload's greeting is missing"
 say "==> exit code: $rc (the workload exits 7)"
+[ "$rc" = 7 ]; check $? "the good launch exited $rc, not 7: $(grep '^krun-tee run:' /tmp/demo-run.log | grep -v WARNING | tail -n 1)"
 say "==> refusal: the same image with a changed kernel command line (--cmdline-extra demo.tampered=1)"
 m=$(mark); run /tmp/demo-refused.log --cmdline-extra demo.tampered=1; rc=$?
 grep -E '^(krun-init:|krun-tee run: guest)' /tmp/demo-refused.log | tail -n 2 | sed 's/\r$//; s/^/DEMO|     /'
-events "$m" | sed '/^$/d; s/^/DEMO|     KBS audit: /'
+ev=$(events "$m")
+echo "$ev" | sed '/^$/d; s/^/DEMO|     KBS audit: /'
 say "    exit code: $rc"
+[ "$rc" = 104 ]; check $? "the refused launch exited $rc, not 104 (attestation refused): $(grep '^krun-tee run:' /tmp/demo-refused.log | grep -v WARNING | tail -n 1)"
+echo "$ev" | grep -q '^refuse'; check $? "the KBS logged no refusal for the changed command line"
+! echo "$ev" | grep -q '^release'; check $? "the KBS released a key to the changed command line"
+if [ -z "$fail" ]; then say "RESULT ok"; else say "RESULT FAIL: $fail"; fi
 EOS
 chmod +x "$demo/vmhost.sh"
 
 if [ "$mode" = direct ]; then
-	KRUN_TEE=$bin WORK=$work sh "$demo/vmhost.sh" "$demo" 0 | sed -n 's/^DEMO| //p'
+	KRUN_TEE=$bin WORK=$work sh "$demo/vmhost.sh" "$demo" 0 >"$work/nested.log" 2>&1 || true
+	sed -n 's/^DEMO| //p' "$work/nested.log"
 else
 	kill "$kbs_pid" 2>/dev/null; wait "$kbs_pid" 2>/dev/null || true
 	kbs_pid=""
@@ -164,6 +177,10 @@ else
 	tests/e2e/run.sh --krun-tee "$bin" --include "$demo" --shell-cmd 'sh $E2E_DIR/extra/vmhost.sh $E2E_DIR/extra 1' \
 		>"$work/nested.log" 2>&1 || true
 	sed -n 's/\r$//; s/^DEMO| //p' "$work/nested.log"
-	grep -q '^DEMO| ==> exit code' "$work/nested.log" || { tail -n 30 "$work/nested.log" >&2; die "the nested run did not finish"; }
 fi
 echo
+grep -q '^DEMO| RESULT' "$work/nested.log" || { tail -n 30 "$work/nested.log" >&2; die "the VM host part did not finish"; }
+if ! grep -q '^DEMO| RESULT ok' "$work/nested.log"; then
+	die "$(sed -n 's/\r$//; s/^DEMO| RESULT FAIL: //p' "$work/nested.log" | tail -n 1)"
+fi
+echo "demo: every stage as expected"

@@ -19,6 +19,7 @@ const (
 	leafTopologyV2 = 0x1f
 	leafAMDSizes   = 0x80000008
 	ecxHypervisor  = 1 << 31
+	ecxTSCDeadline = 1 << 24
 	edxHTT         = 1 << 28
 	topoLevelSMT   = 1
 	topoLevelCore  = 2
@@ -71,6 +72,21 @@ func NormalizeCPUID(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 		}
 	}
 	return out
+}
+
+// EnableTSCDeadline sets CPUID.1:ECX.TSC_DEADLINE, which KVM emulates for
+// every in-kernel LAPIC but does not report in KVM_GET_SUPPORTED_CPUID (the
+// VMM must check KVM_CAP_TSC_DEADLINE_TIMER and set it itself). With it, and
+// with ARAT, Linux neither calibrates its LAPIC timer against the PIT nor
+// verifies it with PIT ticks: those calibration loops cost boot time, and
+// they are what hung guests whose host clock ran in bursts (nested KVM on
+// an emulated CPU), waiting for ever for verification ticks.
+func EnableTSCDeadline(entries []kvm.CPUIDEntry) {
+	for i := range entries {
+		if entries[i].Function == leafFeatures {
+			entries[i].ECX |= ecxTSCDeadline
+		}
+	}
 }
 
 // fullXCR0 returns every XCR0 feature the CPUID table offers (leaf 0xd.0

@@ -95,3 +95,14 @@ func TestKVMSegment(t *testing.T) {
 		t.Errorf("data segment %+v", d)
 	}
 }
+
+func TestEnableTSCDeadline(t *testing.T) {
+	entries := []kvm.CPUIDEntry{{Function: 0}, {Function: leafFeatures, ECX: ecxHypervisor}, {Function: leafXSAVE}}
+	EnableTSCDeadline(entries)
+	if entries[1].ECX != ecxHypervisor|ecxTSCDeadline {
+		t.Errorf("leaf 1 ECX %#x, want hypervisor and TSC deadline", entries[1].ECX)
+	}
+	if entries[0].ECX != 0 || entries[2].ECX != 0 {
+		t.Error("other leaves changed")
+	}
+}

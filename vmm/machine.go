@@ -229,6 +229,7 @@ func (m *Machine) createVCPUs(states []layout.VCPUState) error {
 	if err != nil {
 		return err
 	}
+	tscDeadline := m.sys.CheckExtension(kvm.CapTSCDeadlineTimer) > 0
 	for id := range states {
 		c, err := m.vm.CreateVCPU(id, mmapSize)
 		if err != nil {
@@ -244,6 +245,9 @@ func (m *Machine) createVCPUs(states []layout.VCPUState) error {
 		}
 		// CPUID first: KVM refuses EFER.LME without a CPUID that has LM.
 		cpuid := NormalizeCPUID(supported, id, len(states))
+		if tscDeadline {
+			EnableTSCDeadline(cpuid)
+		}
 		if err := c.SetCPUID(cpuid); err != nil {
 			return err
 		}

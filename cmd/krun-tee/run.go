@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/krun-tee/krun-tee/init/exitcodes"
 	"github.com/krun-tee/krun-tee/virtio"
 	"github.com/krun-tee/krun-tee/virtio/blk"
 	"github.com/krun-tee/krun-tee/virtio/vsock"
@@ -27,8 +28,8 @@ import (
 const exitRunnerFailed = 125
 
 // exitGuestStalled: the VM was stopped because a vCPU made no progress for
-// --stall-timeout (timeout(1)'s status for "timed out").
-const exitGuestStalled = 124
+// --stall-timeout.
+const exitGuestStalled = exitcodes.Stalled
 
 // Defaults of `krun-tee run`.
 const (
@@ -102,7 +103,7 @@ func parseRunArgs(args []string) (*runOptions, error) {
 	fs.StringVar(&o.cmdlineExtra, "cmdline-extra", "", "extra kernel command-line arguments (IMAGE: measured, so they change the measurement)")
 	fs.IntVar(&o.cpus, "cpus", defaultCPUs, fmt.Sprintf("number of vCPUs (1-%d); IMAGE: default the image's, and a different value changes the measurement", boot.MaxVCPUs))
 	fs.Uint64Var(&o.memoryMiB, "memory", defaultMemoryMiB, "guest RAM in MiB; IMAGE: default the image's, and a different value changes the measurement")
-	fs.DurationVar(&o.stallTimeout, "stall-timeout", vmm.DefaultStallTimeout, "stop the VM (status 124) when a vCPU stays runnable at one instruction, without exits, this long; 0 disables")
+	fs.DurationVar(&o.stallTimeout, "stall-timeout", vmm.DefaultStallTimeout, fmt.Sprintf("stop the VM (status %d) when a vCPU stays runnable at one instruction, without exits, this long; 0 disables", exitGuestStalled))
 	fs.Var(&ports, "port", "expose a host service to the guest: GUESTPORT:tcp:HOST:PORT or GUESTPORT:unix:/PATH (repeatable)")
 	positional, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -324,7 +325,7 @@ func runCommand(ctx context.Context, args []string) error {
 }
 
 // vmFailed ends run for a guest that stopped without a workload status:
-// 124 for a stalled vCPU, 125 otherwise, with the VMM's one-line reason.
+// exitcodes.Stalled for a stalled vCPU, 125 otherwise, with the VMM's one-line reason.
 func vmFailed(exit vmm.Exit) error {
 	if exit.Kind == vmm.ExitStalled {
 		fmt.Fprintf(runStderr, "krun-tee run: %s\n", exit.Reason)

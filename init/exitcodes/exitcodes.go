@@ -7,7 +7,8 @@
 //
 //	0-99, 125      the workload's own exit status
 //	100-111        confidential stage (attestation, key, disk) failures
-//	112-119        reserved for later init steps; a workload may use them
+//	112-118        reserved for later init steps; a workload may use them
+//	119            set by the host, never by init: the VMM stopped a stalled guest
 //	120-124        plain-path failures (setup, root, config, switch-root, exec)
 //	126, 127       the command could not be executed / was not found
 //	128+N          the workload was killed by signal N
@@ -51,6 +52,10 @@ const (
 	// its own (for example no memory for the key derivation).
 	ConfidentialInternal = 111
 
+	// Stalled is reported by `krun-tee run` itself, never by init: a vCPU
+	// made no progress for the stall timeout and the VMM stopped the guest.
+	Stalled = 119
+
 	// ConfidentialFirst and ConfidentialLast bound the confidential range.
 	ConfidentialFirst = 100
 	ConfidentialLast  = 119
@@ -92,6 +97,7 @@ var table = map[int]entry{
 	DMCrypt:              {"dm-crypt", "activating the dm-crypt mapping failed"},
 	Mount:                {"mount", "the decrypted root filesystem would not mount"},
 	ConfidentialInternal: {"confidential", "the confidential boot stage failed internally"},
+	Stalled:              {"stall", "the VMM stopped the guest because a vCPU made no progress"},
 	Setup:                {"setup", "mounting /proc, /sys, /dev, /run or reading /proc/cmdline failed"},
 	Root:                 {"root", "the root disk did not appear in time or would not mount"},
 	Config:               {"config", "/.krun_config.json is missing or invalid"},

@@ -7,7 +7,7 @@ import (
 
 func TestTableIsDistinctAndInRange(t *testing.T) {
 	confidential := []int{LaunchParams, Evidence, Clock, KBSUnreachable, AttestationRefused, KBSIdentity,
-		KBSProtocol, LUKSHeader, WrongKey, DMCrypt, Mount, ConfidentialInternal}
+		KBSProtocol, LUKSHeader, WrongKey, DMCrypt, Mount, ConfidentialInternal, Stalled}
 	plain := []int{Setup, Root, Config, SwitchRoot, Exec}
 	seen := map[int]bool{}
 	for _, c := range append(append([]int{}, confidential...), plain...) {
@@ -49,6 +49,7 @@ func TestDescribe(t *testing.T) {
 		{104, "refused the attestation"},
 		{105, "pinned CA"},
 		{108, "does not open the disk"},
+		{119, "a vCPU made no progress"},
 		{121, "root disk"},
 		{127, "not found"},
 		{128, "the workload exited with status 128"},

@@ -55,14 +55,15 @@ const APIVersion = 12
 
 // Capabilities checked with KVM_CHECK_EXTENSION.
 const (
-	CapIRQChip       = 0
-	CapUserMemory    = 3
-	CapSetTSSAddr    = 4
-	CapIRQFD         = 32
-	CapPIT2          = 33
-	CapIOEventFD     = 36
-	CapXCRS          = 56
-	CapImmediateExit = 136
+	CapIRQChip          = 0
+	CapUserMemory       = 3
+	CapSetTSSAddr       = 4
+	CapIRQFD            = 32
+	CapPIT2             = 33
+	CapIOEventFD        = 36
+	CapXCRS             = 56
+	CapTSCDeadlineTimer = 72
+	CapImmediateExit    = 136
 )
 
 // Exit reasons (kvm_run.exit_reason).
