@@ -148,6 +148,11 @@ func stallReason(c *vcpu, s vcpuSample, p *progress, now time.Time) string {
 	if cur := c.readStats(); cur != nil && p.kvmStats != nil {
 		b.WriteString("; KVM exits meanwhile:")
 		b.WriteString(statDeltas(p.kvmStats, cur))
+		if cur["exits"] == p.kvmStats["exits"] {
+			// KVM_RUN kept the thread busy but never entered the guest:
+			// the host kernel refuses to, not the guest that hangs.
+			b.WriteString("; KVM never entered the guest in that time (a host kernel problem: on a nested or emulated host check its TSC frequency, dmesg | grep tsc)")
+		}
 	}
 	b.WriteString(")")
 	return b.String()

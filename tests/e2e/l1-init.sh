@@ -14,6 +14,8 @@ mount -t tmpfs tmpfs /run
 ip link set lo up
 echo "E2E L1 up at $(cut -d' ' -f1 /proc/uptime)s: $(nproc) cpus, $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB, kvm: $(ls /dev/kvm 2>&1)"
 dmesg | grep -i -E 'kvm|svm' | sed 's/^/  dmesg: /' | head -5
+# L1's clock decides whether its KVM can run guests at all (see run.sh).
+dmesg | grep -E 'tsc:|clocksource:.*(Switched|unstable)|TSC' | sed 's/^/  dmesg: /' | head -8
 
 . /e2e/config.sh
 # No RTC in L1: take the host's time so certificates and tokens are judged

@@ -88,6 +88,16 @@ fi
 [[ "$timeout" =~ ^[0-9]+$ && "$step_timeout" =~ ^[0-9]+$ ]] || { echo "run.sh: timeouts are whole seconds" >&2; exit 2; }
 
 log() { printf 'e2e: %s\n' "$*" >&2; }
+# host_tsc_khz: this host's TSC frequency in kHz as its kernel determined it
+# (dmesg), else the "cpu MHz" of a constant-rate TSC; empty if unknown.
+host_tsc_khz() {
+	local mhz
+	mhz=$(dmesg 2>/dev/null | sed -n -E 's/.*tsc: (Refined TSC clocksource calibration|Detected): ?([0-9]+\.[0-9]{3}) MHz.*/\2/p' | tail -n 1)
+	if [ -z "$mhz" ] && grep -q -w constant_tsc /proc/cpuinfo; then
+		mhz=$(awk -F': *' '/^cpu MHz/ { print $2; exit }' /proc/cpuinfo)
+	fi
+	[ -z "$mhz" ] || awk -v m="$mhz" 'BEGIN { k = int(m * 1000 + 0.5); if (k > 100000 && k < 100000000) print k }'
+}
 t_start=$(date +%s.%N)
 since() { awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 kbs_pid="" kbs_addr=""
@@ -172,7 +182,9 @@ mkimage exit7 -env PATH=/bin:/usr/bin -- sh -c 'echo about to exit 7; exit 7'
 mkimage persist -env PATH=/bin:/usr/bin -env "TOKEN=$token" -- sh -c \
 	'if [ -f /data/mark ]; then c=clean; dmesg | grep -q "EXT4-fs.*recover" && c=unclean; echo "found $(cat /data/mark) $c"; else echo "$TOKEN" > /data/mark; echo "wrote $TOKEN"; fi'
 mkimage vsock -env PATH=/bin:/usr/bin -- vsockping -port 1234 krun-vsock-ping
-mkimage cpus -env PATH=/bin:/usr/bin -- sh -c 'n=$(grep -c ^processor /proc/cpuinfo); echo cpus=$n nproc=$(nproc); test "$n" = 2'
+# Also the timer the VMM presents: the TSC-deadline LAPIC timer, so the
+# kernel never calibrates its LAPIC timer against the PIT (see vmm.EnableTSCDeadline).
+mkimage cpus -env PATH=/bin:/usr/bin -- sh -c 'n=$(grep -c ^processor /proc/cpuinfo); d=$(grep -c -w tsc_deadline_timer /proc/cpuinfo); echo cpus=$n nproc=$(nproc) tsc_deadline=$d; test "$n" = 2 && test "$d" = 2'
 mkimage user -env PATH=/bin:/usr/bin -env FOO=bar -user 1000:1000 -workdir /tmp -- sh -c 'echo uid=$(id -u):$(id -g) cwd=$(pwd) env=$FOO'
 mkimage orphans -env PATH=/bin:/usr/bin -- sh -c 'sleep 1000 & echo left an orphan; exit 5'
 mkimage notfound -env PATH=/bin:/usr/bin -- no-such-command
@@ -292,18 +304,24 @@ else
 		[ ! -f "/usr/share/qemu/$fw" ] || cp -L "/usr/share/qemu/$fw" "$l1/usr/share/qemu/"
 	done
 	"$work/bin/mkinitrd" -o "$work/l1.cpio" -init "$here/l1-init.sh" -tree "/=$l1"
-	# L1's clock. Under TCG, L1's TSC follows the host's monotonic clock and is
-	# reliable, but its timer ticks are late whenever the host is busy, so the
-	# clocksource watchdog (which judges the TSC against those ticks) marks the
-	# TSC unstable and L1 falls back to the jiffies clocksource. L1's time then
-	# advances in bursts, and the LAPIC timers KVM emulates for the L2 guests
-	# (hrtimers on that clock) with it: an L2 kernel calibrating its LAPIC
-	# timer measured a nonsense period and then waited for ever for the
-	# timer's verification ticks (the "launch stall": 4 of 11 `make demo` runs
-	# on a busy machine). tsc=reliable keeps the TSC as L1's clocksource.
-	# E2E_L1_CLOCK overrides it (E2E_L1_CLOCK=tsc=unstable reproduces the
-	# fallback at once); E2E_L1_APPEND adds other L1 kernel parameters.
-	l1_clock=${E2E_L1_CLOCK-tsc=reliable}
+	host_tsc_khz=$(host_tsc_khz)
+	# L1's clock. Under TCG, L1's TSC is this host's TSC (QEMU's rdtsc reads
+	# the host's), but L1 calibrates its frequency against the emulated PIT,
+	# whose ticks are late whenever this host is busy. Two failures followed:
+	#  - calibration failed outright (tsc_khz 0, "could not calculate TSC
+	#    khz"); without an invariant TSC, which TCG cannot offer, L1's KVM
+	#    reads the per-CPU TSC frequency on every guest entry, finds 0, and
+	#    retries the entry for ever: the L2 vCPU never ran ("the launch stalls
+	#    at the reset vector", every launch in that L1);
+	#  - the clocksource watchdog, judging the TSC against the same late
+	#    ticks, declared it unstable, and L1's clock fell back to jiffies,
+	#    moving in bursts, and with it the LAPIC timers KVM emulates for L2:
+	#    an L2 kernel calibrating its LAPIC timer then waited for ever.
+	# So L1 is told the frequency (this host's, as its kernel measured it)
+	# and that the TSC is reliable. E2E_L1_CLOCK overrides both ("" restores
+	# the old behaviour, to reproduce the stalls); E2E_L1_APPEND adds more.
+	l1_clock=${E2E_L1_CLOCK-tsc=reliable${host_tsc_khz:+ tsc_early_khz=$host_tsc_khz}}
+	log "L1 clock: ${l1_clock:-(L1 calibrates its TSC itself)}"
 	log "$(since)s: L1 initramfs ready ($(du -h "$work/l1.cpio" | cut -f1)); booting L1 (TCG, timeout ${timeout}s)"
 	timeout -k 10 "$timeout" qemu-system-x86_64 \
 		-M microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off -accel tcg,thread=multi -smp 2 \

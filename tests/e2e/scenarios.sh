@@ -140,7 +140,7 @@ sc_vsock() {
 
 sc_cpus() {
 	krun cpus cpus --cpus 2
-	expect cpus 0 "cpus=2" && pass cpus
+	expect cpus 0 "cpus=2 nproc=2 tsc_deadline=2" && pass cpus
 }
 
 sc_user_workdir() {
@@ -282,7 +282,8 @@ good() { # NAME IMAGE TEE
 	krun_conf "$1" "$2"
 	# A good image that does not even finish booting makes every later
 	# confidential scenario a timeout too: stop there (keeps make e2e bounded).
-	if [ "$rc" = 124 ] || grep -q "terminated signal received" "$WORK/$1.log"; then
+	# (124: timeout(1) ended it; 119: krun-tee's stall watchdog did.)
+	if [ "$rc" = 124 ] || [ "$rc" = 119 ] || grep -q "terminated signal received" "$WORK/$1.log"; then
 		CONF_BROKEN="$1 did not finish within ${STEP_TIMEOUT}s"
 	fi
 	expect "$1" 3 "^krun-e2e-confidential tee=$3 root=/dev/" || return
