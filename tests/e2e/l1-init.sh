@@ -21,7 +21,7 @@ dmesg | grep -E 'tsc:|clocksource:.*(Switched|unstable)|TSC' | sed 's/^/  dmesg:
 # No RTC in L1: take the host's time so certificates and tokens are judged
 # against the real date (the guests read it through kvmclock).
 [ -z "$E2E_NOW" ] || date -u -s "$E2E_NOW" >/dev/null
-export E2E_DIR=/e2e WORK=/tmp/e2e KRUN_TEE=/e2e/krun-tee QEMU=/usr/bin/qemu-system-x86_64 ONLY SHELL_CMD STEP_TIMEOUT CONF_SKIP
+export E2E_NESTED=1 E2E_DIR=/e2e WORK=/tmp/e2e KRUN_TEE=/e2e/krun-tee QEMU=/usr/bin/qemu-system-x86_64 ONLY SHELL_CMD STEP_TIMEOUT CONF_SKIP
 mkdir -p "$WORK"
 sh /e2e/scenarios.sh
 echo "E2E L1 done at $(cut -d' ' -f1 /proc/uptime)s"

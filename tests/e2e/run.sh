@@ -22,7 +22,8 @@
 #            $E2E_DIR/extra for a --shell-cmd session)  --conf (build the
 #            confidential inputs for a --shell-cmd session too)
 #
-# Scenarios: kvm (L1's /dev/kvm), qemu-echo, qemu-exit-status, qemu-persist
+# Scenarios: kvm (L1's /dev/kvm), host-clock (the VM host's TSC frequency is
+# known and, nested, its TSC trusted: else its KVM stalls guests), qemu-echo, qemu-exit-status, qemu-persist
 # (QEMU microvm as the L2 VMM: validates kernel, init and images on their
 # own), echo, exit-status, persist, vsock, cpus, user-workdir, orphans,
 # not-found, init-failure
@@ -72,7 +73,7 @@ while [ $# -gt 0 ]; do
 	*) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
 	esac
 done
-plain_scenarios="kvm qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure"
+plain_scenarios="kvm host-clock qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure"
 conf_scenarios="conf-snp conf-tdx refuse-root refuse-token refuse-cmdline refuse-kernel kbs-down foreign-kbs wrong-key tampered-header"
 all_scenarios="$plain_scenarios $conf_scenarios"
 if [ -n "$shell_cmd" ]; then

@@ -92,6 +92,25 @@ sc_kvm() {
 	pass kvm
 }
 
+# The VM host's clock. A host kernel that could not determine its TSC
+# frequency (tsc_khz 0: "could not calculate TSC khz") and has no invariant
+# TSC makes its KVM retry every guest entry for ever; nested, L1 must also
+# keep the TSC as its clocksource (run.sh gives it tsc_early_khz and
+# tsc=reliable). Checked first, so that a broken host is named as such
+# instead of as guests that stall.
+sc_host_clock() {
+	if dmesg 2>/dev/null | grep -q 'could not calculate TSC khz'; then
+		fail host-clock "the VM host's kernel has no TSC frequency (could not calculate TSC khz): its KVM cannot enter guests"
+		return
+	fi
+	cs=$(dmesg 2>/dev/null | sed -n 's/.*Switched to clocksource //p' | tail -n 1)
+	if [ -n "$E2E_NESTED" ] && { dmesg | grep -q 'Marking TSC unstable' || [ "${cs#tsc}" = "$cs" ]; }; then
+		fail host-clock "L1 gave up its TSC clocksource (now ${cs:-unknown}): $(dmesg | grep 'Marking TSC unstable' | tail -n 1)"
+		return
+	fi
+	pass host-clock
+}
+
 sc_qemu_echo() {
 	qemu qemu-echo echo
 	expect qemu-echo 0 "krun-e2e-hello" && pass qemu-echo
@@ -393,12 +412,12 @@ if [ -n "$SHELL_CMD" ]; then
 	if [ "$rc" = 0 ]; then pass shell-cmd; else fail shell-cmd "exit status $rc"; fi
 else
 	MAIN_KBS="" CONF_BROKEN=""
-	for sc in kvm qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure \
+	for sc in kvm host-clock qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure \
 		conf-snp conf-tdx refuse-root refuse-token refuse-cmdline refuse-kernel kbs-down foreign-kbs wrong-key tampered-header; do
 		selected "$sc" || continue
 		case "$sc" in
 		qemu-*) if [ -z "$QEMU" ]; then fail "$sc" "no QEMU available"; continue; fi ;;
-		kvm) ;;
+		kvm | host-clock) ;;
 		*) if [ ! -x "$KRUN_TEE" ]; then fail "$sc" "no krun-tee binary"; continue; fi ;;
 		esac
 		case "$sc" in
