@@ -1,17 +1,17 @@
-// Package kbs is krun-tee's key broker: a server speaking the Trustee KBS
-// attestation protocol (RCAR, version 0.4.0), the client the in-guest init uses
-// to fetch its disk key, the storage behind the server (bbolt or PostgreSQL),
-// admin authentication and the resource policy that decides which verified
-// attestation may receive which secret.
+// Package kbs is the guest side of krun-tee's key broker protocol: the
+// Trustee KBS attestation protocol (RCAR, version 0.4.0) wire types and
+// their parsers, the client the in-guest init uses to fetch its disk key, the
+// TEE key that resources are wrapped to (JWK/JWE), RFC 7807 problem details
+// and the vsock dialer.
+//
+// The init is part of the launch measurement, so this package links only what
+// a guest needs; the server (handlers, stores, policy, admin authentication,
+// tokens, sealing, metrics) lives in kbs/server, which the init must never
+// import (init/deps_test.go enforces it).
 //
 // Protocol summary (see DESIGN 2.4/2.5):
 //
 //	POST /kbs/v0/auth      Request     -> Challenge + cookie kbs-session-id
 //	POST /kbs/v0/attest    Attestation -> {"token": JWT}      (cookie)
 //	GET  /kbs/v0/resource/<repo>/<type>/<tag> -> flattened JWE (cookie or Bearer token)
-//
-// A resource is released only when a fresh attestation, verified against the
-// trusted roots, satisfies the reference values of a workload that lists that
-// resource. Every refusal looks the same to the caller (401) whatever the
-// reason; the reason goes to the audit log.
 package kbs

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/kbs"
+	kbsserver "github.com/krun-tee/krun-tee/kbs/server"
 	"github.com/krun-tee/krun-tee/luks"
 )
 
@@ -79,7 +80,7 @@ func runKBS(ctx context.Context, args []string) error {
 
 func kbsServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("kbs serve", "kbs serve --config FILE | --dev --listen ADDR --state DIR\n(run 'krun-tee kbs help' for the configuration file format)", stderr)
-	config := fs.String("config", "", "configuration file (JSON, see kbs.Config)")
+	config := fs.String("config", "", "configuration file (JSON, see kbsserver.Config)")
 	dev := fs.Bool("dev", false, "development mode: embedded store, generated admin key and emulated root in --state (loopback only)")
 	listen := fs.String("listen", "127.0.0.1:8080", "listen address (dev mode)")
 	state := fs.String("state", "", "state directory (dev mode)")
@@ -90,7 +91,7 @@ func kbsServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() != 0 {
 		return usagef("unexpected arguments %q", fs.Args())
 	}
-	var cfg *kbs.Config
+	var cfg *kbsserver.Config
 	switch {
 	case *dev && *config != "":
 		return usagef("--dev and --config are exclusive")
@@ -106,7 +107,7 @@ func kbsServe(ctx context.Context, args []string, stderr io.Writer) error {
 	case *insecureHTTP:
 		return usagef("--insecure-http is a dev-mode flag (put no tls_cert in the configuration file instead)")
 	case *config != "":
-		c, err := kbs.LoadConfig(*config)
+		c, err := kbsserver.LoadConfig(*config)
 		if err != nil {
 			return err
 		}
@@ -114,13 +115,13 @@ func kbsServe(ctx context.Context, args []string, stderr io.Writer) error {
 	default:
 		return usagef("need --config FILE or --dev")
 	}
-	return kbs.Run(ctx, cfg, slog.Default(), nil)
+	return kbsserver.Run(ctx, cfg, slog.Default(), nil)
 }
 
 // devConfig prepares DIR for development mode and says loudly what it did.
 // With useTLS the server presents a certificate from a CA generated in DIR
 // (so guests exercise their CA pinning by default); its fingerprint is logged.
-func devConfig(listen, dir string, useTLS bool) (*kbs.Config, error) {
+func devConfig(listen, dir string, useTLS bool) (*kbsserver.Config, error) {
 	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
 		return nil, usagef("--listen %q: %v", listen, err)
@@ -134,14 +135,14 @@ func devConfig(listen, dir string, useTLS bool) (*kbs.Config, error) {
 	log := slog.Default()
 	keyPath := filepath.Join(dir, "admin.key")
 	if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
-		if _, err := kbs.GenerateAdminKey(keyPath); err != nil {
+		if _, err := kbsserver.GenerateAdminKey(keyPath); err != nil {
 			return nil, err
 		}
 		log.Warn("KBS DEV MODE: generated an admin key", "private", keyPath, "public", keyPath+".pub")
 	}
 	kekPath := filepath.Join(dir, "kek")
 	if _, err := os.Stat(kekPath); errors.Is(err, os.ErrNotExist) {
-		kek := make([]byte, kbs.KEKSize)
+		kek := make([]byte, kbsserver.KEKSize)
 		if _, err := randRead(kek); err != nil {
 			return nil, err
 		}
@@ -156,9 +157,9 @@ func devConfig(listen, dir string, useTLS bool) (*kbs.Config, error) {
 	}
 	log.Warn("KBS DEV MODE: trusting the emulated root of trust; evidence from the emulated TEE will be accepted. NEVER use in production",
 		"root", rootDir, "listen", listen)
-	cfg := &kbs.Config{
+	cfg := &kbsserver.Config{
 		Listen:         listen,
-		Store:          kbs.StoreConfig{Type: "bolt", Path: filepath.Join(dir, "kbs.db")},
+		Store:          kbsserver.StoreConfig{Type: "bolt", Path: filepath.Join(dir, "kbs.db")},
 		KEKFile:        kekPath,
 		AdminPublicKey: keyPath + ".pub",
 		EmulatedRoots:  []string{rootDir},
@@ -189,7 +190,7 @@ func kbsAdminKey(args []string, stdout, stderr io.Writer) error {
 	if *out == "" || fs.NArg() != 0 {
 		return usagef("need --out FILE")
 	}
-	pub, err := kbs.GenerateAdminKey(*out)
+	pub, err := kbsserver.GenerateAdminKey(*out)
 	if err != nil {
 		return err
 	}
@@ -213,7 +214,7 @@ func kbsAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if len(rest) == 0 {
 		return usagef("missing admin verb (set-resource, delete-resource, register, unregister, list, audit)")
 	}
-	signer, err := kbs.LoadAdminPrivateKey(*keyFile)
+	signer, err := kbsserver.LoadAdminPrivateKey(*keyFile)
 	if err != nil {
 		return err
 	}
@@ -225,7 +226,7 @@ func kbsAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if sub == "" {
 		sub = os.Getenv("USER")
 	}
-	ac := &kbs.AdminClient{URL: *url, Signer: signer, Subject: sub, HTTP: hc}
+	ac := &kbsserver.AdminClient{URL: *url, Signer: signer, Subject: sub, HTTP: hc}
 	verb, vargs := rest[0], rest[1:]
 	switch verb {
 	case "set-resource":
@@ -341,7 +342,7 @@ func parseWithPath(fs interface {
 	return kbs.ParseResourcePath(path)
 }
 
-func parseRegister(args []string, stderr io.Writer) (*kbs.Workload, error) {
+func parseRegister(args []string, stderr io.Writer) (*kbsserver.Workload, error) {
 	fs := newFlagSet("kbs admin register", "kbs admin ... register --workload ID --tee snp|tdx --measurement HEX... --resource PATH...", stderr)
 	id := fs.String("workload", "", "workload id")
 	tee := fs.String("tee", "", "snp or tdx")
@@ -361,11 +362,11 @@ func parseRegister(args []string, stderr io.Writer) (*kbs.Workload, error) {
 	if *id == "" || *tee == "" || len(meas) == 0 || len(resources) == 0 {
 		return nil, usagef("register needs --workload, --tee, --measurement and --resource")
 	}
-	tcb, err := kbs.ParseTCB(*minTCB)
+	tcb, err := kbsserver.ParseTCB(*minTCB)
 	if err != nil {
 		return nil, usagef("--min-tcb: %v", err)
 	}
-	w := &kbs.Workload{ID: *id, TEE: *tee, Measurements: meas, MinTCB: tcb, HostData: *hostData, Resources: resources, AllowEmulated: *emu}
+	w := &kbsserver.Workload{ID: *id, TEE: *tee, Measurements: meas, MinTCB: tcb, HostData: *hostData, Resources: resources, AllowEmulated: *emu}
 	for _, r := range rtmrs {
 		set := strings.Split(r, ",")
 		if len(set) != 4 {

@@ -23,11 +23,13 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/term"
+
 	"github.com/krun-tee/krun-tee/init/workload"
 	"github.com/krun-tee/krun-tee/kbs"
+	kbsserver "github.com/krun-tee/krun-tee/kbs/server"
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/vmm/launch"
-	"golang.org/x/term"
 )
 
 func init() {
@@ -569,11 +571,11 @@ func measureImage(imagePath, bundleDir string) (*expectedMeasurements, error) {
 // workloadForImage is the KBS reference entry for an image: the measurement
 // of its TEE, its passphrase resource, and emulated evidence admitted only
 // for the emulated TEEs.
-func workloadForImage(lc *luks.LaunchConfig, m *expectedMeasurements) (*kbs.Workload, error) {
+func workloadForImage(lc *luks.LaunchConfig, m *expectedMeasurements) (*kbsserver.Workload, error) {
 	if lc.ResourcePath == "" {
 		return nil, fmt.Errorf("image of workload %s records no KBS resource path", lc.WorkloadID)
 	}
-	w := &kbs.Workload{ID: lc.WorkloadID, Resources: []string{lc.ResourcePath}}
+	w := &kbsserver.Workload{ID: lc.WorkloadID, Resources: []string{lc.ResourcePath}}
 	switch lc.TEE {
 	case luks.TEESNP, luks.TEEEmulatedSNP:
 		w.TEE, w.Measurements = kbs.TEESNP, []string{m.SNP}
@@ -632,7 +634,7 @@ func measurementName(tee string) string {
 }
 
 // printRegisterCommands tells the operator how to register the workload.
-func printRegisterCommands(stdout io.Writer, kbsURL string, w *kbs.Workload) {
+func printRegisterCommands(stdout io.Writer, kbsURL string, w *kbsserver.Workload) {
 	args := []string{"register", "--workload", w.ID, "--tee", w.TEE, "--measurement", w.Measurements[0]}
 	for _, set := range w.RTMRs {
 		args = append(args, "--rtmr", strings.Join(set, ","))
@@ -647,8 +649,8 @@ func printRegisterCommands(stdout io.Writer, kbsURL string, w *kbs.Workload) {
 }
 
 // client builds the authenticated admin client, trusting caFile if given.
-func (r *registration) client() (*kbs.AdminClient, error) {
-	signer, err := kbs.LoadAdminPrivateKey(r.adminKey)
+func (r *registration) client() (*kbsserver.AdminClient, error) {
+	signer, err := kbsserver.LoadAdminPrivateKey(r.adminKey)
 	if err != nil {
 		return nil, err
 	}
@@ -660,7 +662,7 @@ func (r *registration) client() (*kbs.AdminClient, error) {
 	if sub == "" {
 		sub = os.Getenv("USER")
 	}
-	return &kbs.AdminClient{URL: r.adminURL, Signer: signer, Subject: sub, HTTP: hc}, nil
+	return &kbsserver.AdminClient{URL: r.adminURL, Signer: signer, Subject: sub, HTTP: hc}, nil
 }
 
 // adminHTTPClient is an HTTP client for admin calls that trusts the CA in

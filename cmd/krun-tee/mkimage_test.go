@@ -25,7 +25,7 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/init/workload"
-	"github.com/krun-tee/krun-tee/kbs"
+	kbsserver "github.com/krun-tee/krun-tee/kbs/server"
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/vmm/launch"
 )
@@ -468,14 +468,14 @@ func TestMkimageRegistersWithKBS(t *testing.T) {
 	admin("register", "--image", tdxImage, "--passphrase-file", tdxImage+".passphrase", "--bundle", bundle)
 
 	var listed struct {
-		Workloads []*kbs.Workload `json:"workloads"`
-		Resources []string        `json:"resources"`
+		Workloads []*kbsserver.Workload `json:"workloads"`
+		Resources []string              `json:"resources"`
 	}
 	if err := json.Unmarshal([]byte(admin("list")), &listed); err != nil {
 		t.Fatal(err)
 	}
 	snpWant := expectedFor(t, snpImage, bundle)
-	byID := map[string]*kbs.Workload{}
+	byID := map[string]*kbsserver.Workload{}
 	for _, w := range listed.Workloads {
 		byID[w.ID] = w
 	}

@@ -27,8 +27,8 @@ import (
 	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/init/exitcodes"
 	"github.com/krun-tee/krun-tee/init/launchparams"
-	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
+	kbsserver "github.com/krun-tee/krun-tee/kbs/server"
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/sev"
 	"github.com/krun-tee/krun-tee/tdx"
@@ -124,39 +124,39 @@ func serveTLS(t testing.TB, h http.Handler, ca *testCA) *httptest.Server {
 type kbsEnv struct {
 	ca    *testCA
 	hs    *httptest.Server
-	admin *kbs.AdminClient
-	srv   *kbs.Server
+	admin *kbsserver.AdminClient
+	srv   *kbsserver.Server
 }
 
 func newKBS(t testing.TB) *kbsEnv {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := kbs.OpenBoltStore(filepath.Join(dir, "kbs.db"))
+	st, err := kbsserver.OpenBoltStore(filepath.Join(dir, "kbs.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	kek := make([]byte, kbs.KEKSize)
+	kek := make([]byte, kbsserver.KEKSize)
 	rand.Read(kek)
-	sealer, err := kbs.NewSealer(kek)
+	sealer, err := kbsserver.NewSealer(kek)
 	if err != nil {
 		t.Fatal(err)
 	}
 	keyPath := filepath.Join(dir, "admin.key")
-	if _, err := kbs.GenerateAdminKey(keyPath); err != nil {
+	if _, err := kbsserver.GenerateAdminKey(keyPath); err != nil {
 		t.Fatal(err)
 	}
-	signer, err := kbs.LoadAdminPrivateKey(keyPath)
+	signer, err := kbsserver.LoadAdminPrivateKey(keyPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	verifier, err := kbs.LoadAdminPublicKey(keyPath + ".pub")
+	verifier, err := kbsserver.LoadAdminPublicKey(keyPath + ".pub")
 	if err != nil {
 		t.Fatal(err)
 	}
 	p, m := emulatedRoots(t)
-	srv, err := kbs.NewServer(context.Background(), kbs.ServerOptions{Store: st, Sealer: sealer, Admin: verifier,
-		Verifier: &kbs.AttestVerifier{Roots: attest.DefaultRoots().With(p.Roots()).With(m.Roots())}, Logger: quietLog()})
+	srv, err := kbsserver.NewServer(context.Background(), kbsserver.ServerOptions{Store: st, Sealer: sealer, Admin: verifier,
+		Verifier: &kbsserver.AttestVerifier{Roots: attest.DefaultRoots().With(p.Roots()).With(m.Roots())}, Logger: quietLog()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func newKBS(t testing.TB) *kbsEnv {
 	e.hs = serveTLS(t, srv.Handler(), e.ca)
 	pool := x509.NewCertPool()
 	pool.AddCert(e.ca.cert)
-	e.admin = &kbs.AdminClient{URL: e.hs.URL, Signer: signer, Subject: "test",
+	e.admin = &kbsserver.AdminClient{URL: e.hs.URL, Signer: signer, Subject: "test",
 		HTTP: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}}
 	return e
 }
@@ -175,7 +175,7 @@ func (e *kbsEnv) register(t testing.TB, meas [48]byte, secret []byte) {
 	t.Helper()
 	ctx := context.Background()
 	for _, tee := range []string{"snp", "tdx"} {
-		if _, err := e.admin.Register(ctx, &kbs.Workload{ID: "wl-" + tee, TEE: tee, Measurements: []string{hex.EncodeToString(meas[:])},
+		if _, err := e.admin.Register(ctx, &kbsserver.Workload{ID: "wl-" + tee, TEE: tee, Measurements: []string{hex.EncodeToString(meas[:])},
 			Resources: []string{resource}, AllowEmulated: true}); err != nil {
 			t.Fatal(err)
 		}
@@ -194,7 +194,7 @@ func (e *kbsEnv) releases(t testing.TB) int {
 	}
 	n := 0
 	for _, a := range entries {
-		if a.Event == kbs.AuditRelease {
+		if a.Event == kbsserver.AuditRelease {
 			n++
 		}
 	}

@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"crypto"
@@ -10,22 +10,25 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/krun-tee/krun-tee/internal/boundedfile"
+	"github.com/krun-tee/krun-tee/internal/pemfile"
 )
 
 // Admin token rules: short-lived, audience-bound.
 const (
-	adminAudience      = "krun-tee-kbs-admin"
-	maxAdminTokenLife  = 5 * time.Minute
-	adminClockLeeway   = 30 * time.Second
-	defaultAdminTTL    = 2 * time.Minute
-	maxAdminKeyFileLen = 64 << 10
+	adminAudience     = "krun-tee-kbs-admin"
+	maxAdminTokenLife = 5 * time.Minute
+	adminClockLeeway  = 30 * time.Second
+	defaultAdminTTL   = 2 * time.Minute
+	// maxSmallFile bounds the configuration, key and KEK files the server reads.
+	maxSmallFile = 64 << 10
 )
 
 // AdminVerifier checks admin bearer tokens against one public key (Ed25519 or
@@ -38,7 +41,7 @@ type AdminVerifier struct {
 // LoadAdminPublicKey reads a PEM "PUBLIC KEY" (PKIX) file holding an Ed25519
 // or EC P-256 key.
 func LoadAdminPublicKey(path string) (*AdminVerifier, error) {
-	data, err := readBounded(path)
+	data, err := boundedfile.Read(path, maxSmallFile)
 	if err != nil {
 		return nil, fmt.Errorf("kbs: admin public key: %w", err)
 	}
@@ -47,11 +50,11 @@ func LoadAdminPublicKey(path string) (*AdminVerifier, error) {
 
 // ParseAdminPublicKey parses a PEM PKIX public key for admin authentication.
 func ParseAdminPublicKey(pemData []byte) (*AdminVerifier, error) {
-	b, _ := pem.Decode(pemData)
-	if b == nil || b.Type != "PUBLIC KEY" {
-		return nil, errors.New("kbs: admin public key: no PEM PUBLIC KEY block")
+	der, err := pemfile.Decode(pemData, "PUBLIC KEY")
+	if err != nil {
+		return nil, fmt.Errorf("kbs: admin public key: %w", err)
 	}
-	k, err := x509.ParsePKIXPublicKey(b.Bytes)
+	k, err := x509.ParsePKIXPublicKey(der)
 	if err != nil {
 		return nil, fmt.Errorf("kbs: admin public key: %w", err)
 	}
@@ -116,17 +119,9 @@ type AdminSigner struct {
 
 // LoadAdminPrivateKey reads a PEM "PRIVATE KEY" (PKCS#8) file.
 func LoadAdminPrivateKey(path string) (*AdminSigner, error) {
-	data, err := readBounded(path)
+	k, err := pemfile.ReadPrivateKey(path)
 	if err != nil {
 		return nil, fmt.Errorf("kbs: admin key: %w", err)
-	}
-	b, _ := pem.Decode(data)
-	if b == nil || b.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("kbs: admin key %s: no PEM PRIVATE KEY block", path)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("kbs: admin key %s: %w", path, err)
 	}
 	var sk jose.SigningKey
 	switch pk := k.(type) {
@@ -202,21 +197,4 @@ func writeNew(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return f.Close()
-}
-
-// readBounded reads a small configuration file (keys, certificates).
-func readBounded(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxAdminKeyFileLen+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxAdminKeyFileLen {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxAdminKeyFileLen)
-	}
-	return data, nil
 }

@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"bytes"
@@ -11,7 +11,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/krun-tee/krun-tee/kbs"
 )
+
+// maxAdminResponse bounds an admin answer (a workload list or an audit page).
+const maxAdminResponse = 1 << 20
 
 // AdminClient calls the KBS admin API with short-lived signed tokens.
 type AdminClient struct {
@@ -66,12 +71,12 @@ func (a *AdminClient) call(ctx context.Context, method, path string, body []byte
 		return fmt.Errorf("kbs admin: %s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAdminResponse))
 	if err != nil {
 		return fmt.Errorf("kbs admin: %s %s: %w", method, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		pe := &ProblemError{Op: "admin " + method + " " + path, Status: resp.StatusCode}
+		pe := &kbs.ProblemError{Op: "admin " + method + " " + path, Status: resp.StatusCode}
 		_ = json.Unmarshal(data, &pe.Problem)
 		return pe
 	}
@@ -85,7 +90,7 @@ func (a *AdminClient) call(ctx context.Context, method, path string, body []byte
 
 // SetResource stores a secret under path ("repo/type/tag").
 func (a *AdminClient) SetResource(ctx context.Context, path string, secret []byte) error {
-	canon, err := ParseResourcePath(path)
+	canon, err := kbs.ParseResourcePath(path)
 	if err != nil {
 		return err
 	}
@@ -94,7 +99,7 @@ func (a *AdminClient) SetResource(ctx context.Context, path string, secret []byt
 
 // DeleteResource removes a secret.
 func (a *AdminClient) DeleteResource(ctx context.Context, path string) error {
-	canon, err := ParseResourcePath(path)
+	canon, err := kbs.ParseResourcePath(path)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"crypto/ecdsa"
@@ -14,6 +14,8 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/krun-tee/krun-tee/kbs"
 )
 
 func TestAdminKeyFiles(t *testing.T) {
@@ -142,7 +144,7 @@ func TestAttestationToken(t *testing.T) {
 	}
 	der2, _ := GenerateTokenKey()
 	other, _ := NewTokenSigner(der2)
-	key, _ := NewTEEKey()
+	key, _ := kbs.NewTEEKey()
 	now := time.Now()
 	claims := &Claims{TEE: "snp", Measurement: strings.Repeat("ab", 48), TCB: []int{1, 2, 3, 4}}
 	tok, err := ts.Issue(claims, RuntimeDataClaims{Nonce: "n", TEEPubKey: key.PublicJWK()}, now)

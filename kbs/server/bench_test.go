@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/kbs"
 )
 
 // flowCrypto performs the cryptography of one full flow, with no HTTP and
@@ -20,8 +21,8 @@ import (
 // KBS's evidence verification, token signing and JWE wrapping, and the guest's
 // unwrapping. Its rate is the crypto-bound ceiling of the KBS flow.
 func flowCrypto(b *testing.B, fx teeFixture, v Verifier, ts *TokenSigner, meas []byte, secret []byte) {
-	nonce := base64.StdEncoding.EncodeToString(make([]byte, NonceSize))
-	k, err := NewTEEKey()
+	nonce := base64.StdEncoding.EncodeToString(make([]byte, kbs.NonceSize))
+	k, err := kbs.NewTEEKey()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -40,11 +41,11 @@ func flowCrypto(b *testing.B, fx teeFixture, v Verifier, ts *TokenSigner, meas [
 	if _, err := ts.Issue(c, RuntimeDataClaims{Nonce: nonce, TEEPubKey: k.PublicJWK()}, time.Now()); err != nil {
 		b.Fatal(err)
 	}
-	pk, err := ParseTEEPubKey(k.PublicJWK())
+	pk, err := kbs.ParseTEEPubKey(k.PublicJWK())
 	if err != nil {
 		b.Fatal(err)
 	}
-	jwe, err := EncryptResource(pk, secret)
+	jwe, err := kbs.EncryptResource(pk, secret)
 	if err != nil {
 		b.Fatal(err)
 	}

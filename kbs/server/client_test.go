@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"context"
@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/krun-tee/krun-tee/kbs"
 )
 
 // testPKI makes a CA and a server certificate for 127.0.0.1 signed by it.
@@ -89,7 +91,7 @@ func TestClientTLSPinning(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var dials atomic.Int32
-			cl, err := NewClient(ClientOptions{URL: "https://127.0.0.1", Provider: fx.provider(t, meas), TEE: fx.tee,
+			cl, err := kbs.NewClient(kbs.ClientOptions{URL: "https://127.0.0.1", Provider: fx.provider(t, meas), TEE: fx.tee,
 				CAFingerprint: c.pin, Dial: countingDial(c.addr, &dials), Attempts: 4, Backoff: time.Millisecond, Logger: testLogger(t)})
 			if err != nil {
 				t.Fatal(err)
@@ -101,7 +103,7 @@ func TestClientTLSPinning(t *testing.T) {
 				}
 				return
 			}
-			var pe *PinError
+			var pe *kbs.PinError
 			if !errors.As(err, &pe) {
 				t.Fatalf("want a PinError, got %v", err)
 			}
@@ -125,7 +127,7 @@ func colonHex(h string) string {
 
 func TestClientOptionsChecks(t *testing.T) {
 	p := fakeFixture().provider(t, randMeas())
-	for name, o := range map[string]ClientOptions{
+	for name, o := range map[string]kbs.ClientOptions{
 		"no pin":      {URL: "https://kbs", Provider: p},
 		"pin on http": {URL: "http://kbs", Provider: p, CAFingerprint: hex.EncodeToString(make([]byte, 32))},
 		"short pin":   {URL: "https://kbs", Provider: p, CAFingerprint: "abcd"},
@@ -133,7 +135,7 @@ func TestClientOptionsChecks(t *testing.T) {
 		"no provider": {URL: "http://kbs", AllowUnpinned: true},
 		"no host":     {URL: "http://", Provider: p, AllowUnpinned: true},
 	} {
-		if _, err := NewClient(o); err == nil {
+		if _, err := kbs.NewClient(o); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
@@ -163,7 +165,7 @@ func TestClientRetriesConnectionErrorsOnly(t *testing.T) {
 		srv.Serve(l)
 	}()
 	var dials atomic.Int32
-	cl, _ := NewClient(ClientOptions{URL: "http://kbs.invalid", Provider: fx.provider(t, meas), TEE: fx.tee, AllowUnpinned: true,
+	cl, _ := kbs.NewClient(kbs.ClientOptions{URL: "http://kbs.invalid", Provider: fx.provider(t, meas), TEE: fx.tee, AllowUnpinned: true,
 		Dial: countingDial(addr, &dials), Attempts: 10, Backoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Logger: testLogger(t)})
 	got, err := cl.GetResource(context.Background(), "r/t/k")
 	if err != nil || string(got) != "late-secret" {
@@ -178,7 +180,7 @@ func TestClientRetriesConnectionErrorsOnly(t *testing.T) {
 	dead, _ := net.Listen("tcp", "127.0.0.1:0")
 	deadAddr := dead.Addr().String()
 	dead.Close()
-	cl, _ = NewClient(ClientOptions{URL: "http://kbs.invalid", Provider: fx.provider(t, meas), TEE: fx.tee, AllowUnpinned: true,
+	cl, _ = kbs.NewClient(kbs.ClientOptions{URL: "http://kbs.invalid", Provider: fx.provider(t, meas), TEE: fx.tee, AllowUnpinned: true,
 		Dial: countingDial(deadAddr, &dials), Attempts: 3, Backoff: time.Millisecond, Logger: testLogger(t)})
 	if _, err := cl.GetResource(context.Background(), "r/t/k"); err == nil {
 		t.Fatal("no error without a server")
@@ -189,10 +191,10 @@ func TestClientRetriesConnectionErrorsOnly(t *testing.T) {
 
 	// A refusal (HTTP 401) is final: no retry.
 	dials.Store(0)
-	cl, _ = NewClient(ClientOptions{URL: "http://kbs.invalid", Provider: fx.provider(t, randMeas()), TEE: fx.tee, AllowUnpinned: true,
+	cl, _ = kbs.NewClient(kbs.ClientOptions{URL: "http://kbs.invalid", Provider: fx.provider(t, randMeas()), TEE: fx.tee, AllowUnpinned: true,
 		Dial: countingDial(e.hs.Listener.Addr().String(), &dials), Attempts: 5, Backoff: time.Millisecond, Logger: testLogger(t)})
 	_, err = cl.GetResource(context.Background(), "r/t/k")
-	var pe *ProblemError
+	var pe *kbs.ProblemError
 	if !errors.As(err, &pe) || pe.Status != 401 {
 		t.Fatalf("want 401, got %v", err)
 	}

@@ -1,6 +1,7 @@
-package kbs
+package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/internal/boundedfile"
+	"github.com/krun-tee/krun-tee/internal/pemfile"
 )
 
 // Config is the server configuration file (JSON). Example:
@@ -75,12 +78,12 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Durat
 
 // LoadConfig reads and validates a configuration file; unknown fields are errors.
 func LoadConfig(path string) (*Config, error) {
-	data, err := readBounded(path)
+	data, err := boundedfile.Read(path, maxSmallFile)
 	if err != nil {
 		return nil, fmt.Errorf("kbs: config: %w", err)
 	}
 	var c Config
-	dec := json.NewDecoder(bytesReader(data))
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("kbs: config %s: %w", path, err)
@@ -180,8 +183,8 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, ready func(addr net
 	}
 	var tokenKey []byte
 	if cfg.TokenKeyFile != "" {
-		if tokenKey, err = loadPKCS8PEM(cfg.TokenKeyFile); err != nil {
-			return err
+		if tokenKey, err = pemfile.Read(cfg.TokenKeyFile, "PRIVATE KEY"); err != nil {
+			return fmt.Errorf("kbs: token key: %w", err)
 		}
 	}
 	store, err := cfg.OpenStore(ctx)

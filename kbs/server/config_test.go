@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"os"
@@ -41,10 +41,10 @@ func TestLoadConfig(t *testing.T) {
 
 // TestDeployConfigs checks that the shipped example configurations load.
 func TestDeployConfigs(t *testing.T) {
-	if _, err := LoadConfig("../deploy/kbs.example.json"); err != nil {
+	if _, err := LoadConfig("../../deploy/kbs.example.json"); err != nil {
 		t.Fatal(err)
 	}
-	cm, err := os.ReadFile("../deploy/k8s/configmap.yaml")
+	cm, err := os.ReadFile("../../deploy/k8s/configmap.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"encoding/json"
@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
 	"github.com/krun-tee/krun-tee/sev"
 	"github.com/krun-tee/krun-tee/tdx"
@@ -32,7 +33,7 @@ func emulatedPSPs(t testing.TB) (*sev.EmulatedPSP, *sev.EmulatedPSP) {
 	return trustedPSP, untrustPSP
 }
 
-func snpProvider(psp *sev.EmulatedPSP, meas []byte) EvidenceProvider {
+func snpProvider(psp *sev.EmulatedPSP, meas []byte) kbs.EvidenceProvider {
 	p := &evidence.EmulatedSNP{PSP: psp}
 	copy(p.Params.Measurement[:], meas)
 	return p
@@ -43,8 +44,8 @@ func emulatedSNPFixture(t testing.TB) teeFixture {
 	return teeFixture{
 		name:      "emulated-snp",
 		tee:       attest.SNP,
-		provider:  func(_ testing.TB, meas []byte) EvidenceProvider { return snpProvider(trusted, meas) },
-		untrusted: func(_ testing.TB, meas []byte) EvidenceProvider { return snpProvider(untrusted, meas) },
+		provider:  func(_ testing.TB, meas []byte) kbs.EvidenceProvider { return snpProvider(trusted, meas) },
+		untrusted: func(_ testing.TB, meas []byte) kbs.EvidenceProvider { return snpProvider(untrusted, meas) },
 		verifier: func(testing.TB) Verifier {
 			return &AttestVerifier{Roots: attest.DefaultRoots().With(trusted.Roots())}
 		},
@@ -94,7 +95,7 @@ var tdxRTMRs = func() (r [4][48]byte) {
 	return r
 }()
 
-func tdxProvider(m *tdx.EmulatedModule, meas []byte) EvidenceProvider {
+func tdxProvider(m *tdx.EmulatedModule, meas []byte) kbs.EvidenceProvider {
 	p := &evidence.EmulatedTDX{Module: m}
 	copy(p.Params.MRTD[:], meas)
 	p.Params.RTMRs = tdxRTMRs
@@ -106,8 +107,8 @@ func emulatedTDXFixture(t testing.TB) teeFixture {
 	return teeFixture{
 		name:      "emulated-tdx",
 		tee:       attest.TDX,
-		provider:  func(_ testing.TB, meas []byte) EvidenceProvider { return tdxProvider(trusted, meas) },
-		untrusted: func(_ testing.TB, meas []byte) EvidenceProvider { return tdxProvider(untrusted, meas) },
+		provider:  func(_ testing.TB, meas []byte) kbs.EvidenceProvider { return tdxProvider(trusted, meas) },
+		untrusted: func(_ testing.TB, meas []byte) kbs.EvidenceProvider { return tdxProvider(untrusted, meas) },
 		verifier: func(testing.TB) Verifier {
 			return &AttestVerifier{Roots: attest.DefaultRoots().With(trusted.Roots())}
 		},

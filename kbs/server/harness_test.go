@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/kbs"
 )
 
 // teeFixture produces evidence for a TEE and verifies it: the fake fixture
@@ -27,12 +28,12 @@ type teeFixture struct {
 	name string
 	tee  attest.TEE
 	// provider returns an evidence provider reporting measurement meas.
-	provider func(t testing.TB, meas []byte) EvidenceProvider
+	provider func(t testing.TB, meas []byte) kbs.EvidenceProvider
 	// verifier returns the verifier the server uses.
 	verifier func(t testing.TB) Verifier
 	// untrusted, when set, returns a provider whose evidence chains to a root
 	// the verifier does not trust.
-	untrusted func(t testing.TB, meas []byte) EvidenceProvider
+	untrusted func(t testing.TB, meas []byte) kbs.EvidenceProvider
 	// tamper changes signed content of the evidence without re-signing.
 	tamper func(t testing.TB, ev []byte) []byte
 }
@@ -47,9 +48,9 @@ type fakeEvidence struct {
 
 func fakeFixture() teeFixture {
 	const trustedRoot = "trusted-root"
-	mk := func(root string) func(t testing.TB, meas []byte) EvidenceProvider {
-		return func(t testing.TB, meas []byte) EvidenceProvider {
-			return EvidenceFunc(func(rd [64]byte) (attest.TEE, []byte, error) {
+	mk := func(root string) func(t testing.TB, meas []byte) kbs.EvidenceProvider {
+		return func(t testing.TB, meas []byte) kbs.EvidenceProvider {
+			return kbs.EvidenceFunc(func(rd [64]byte) (attest.TEE, []byte, error) {
 				b, err := json.Marshal(fakeEvidence{Measurement: hex.EncodeToString(meas), ReportData: hex.EncodeToString(rd[:]), Root: root})
 				return attest.SNP, b, err
 			})
@@ -183,9 +184,9 @@ func newEnv(t testing.TB, fx teeFixture, o envOptions) *env {
 	return e
 }
 
-func (e *env) client(p EvidenceProvider, tee attest.TEE) *Client {
+func (e *env) client(p kbs.EvidenceProvider, tee attest.TEE) *kbs.Client {
 	e.t.Helper()
-	c, err := NewClient(ClientOptions{URL: e.hs.URL, Provider: p, TEE: tee, AllowUnpinned: true, Attempts: 2, Backoff: time.Millisecond, Logger: testLogger(e.t)})
+	c, err := kbs.NewClient(kbs.ClientOptions{URL: e.hs.URL, Provider: p, TEE: tee, AllowUnpinned: true, Attempts: 2, Backoff: time.Millisecond, Logger: testLogger(e.t)})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -238,12 +239,12 @@ func (e *env) auth(tee attest.TEE) (cookie, nonce string) {
 	if st != 200 {
 		e.t.Fatalf("auth: %d %s", st, body)
 	}
-	var ch Challenge
+	var ch kbs.Challenge
 	if err := json.Unmarshal(body, &ch); err != nil {
 		e.t.Fatal(err)
 	}
 	for _, c := range (&http.Response{Header: hdr}).Cookies() {
-		if c.Name == SessionCookie {
+		if c.Name == kbs.SessionCookie {
 			cookie = c.Value
 		}
 	}
@@ -254,9 +255,9 @@ func (e *env) auth(tee attest.TEE) (cookie, nonce string) {
 }
 
 // attestBody builds an attestation for nonce with evidence from p.
-func attestBody(t testing.TB, p EvidenceProvider, nonce string) (string, *TEEKey) {
+func attestBody(t testing.TB, p kbs.EvidenceProvider, nonce string) (string, *kbs.TEEKey) {
 	t.Helper()
-	k, err := NewTEEKey()
+	k, err := kbs.NewTEEKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,13 +269,31 @@ func attestBody(t testing.TB, p EvidenceProvider, nonce string) (string, *TEEKey
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := json.Marshal(Attestation{RuntimeData: RuntimeData{Nonce: nonce, TEEPubKey: k.PublicJWK()},
-		TEEEvidence: TEEEvidence{PrimaryEvidence: ev}})
+	b, _ := json.Marshal(kbs.Attestation{RuntimeData: kbs.RuntimeData{Nonce: nonce, TEEPubKey: k.PublicJWK()},
+		TEEEvidence: kbs.TEEEvidence{PrimaryEvidence: ev}})
 	return string(b), k
 }
 
+// attestRaw runs auth and attest by hand, as the client does, and returns
+// what the client keeps to itself: the session cookie, the token and the key
+// resources are wrapped to.
+func (e *env) attestRaw(p kbs.EvidenceProvider, tee attest.TEE) (cookie, token string, key *kbs.TEEKey) {
+	e.t.Helper()
+	cookie, nonce := e.auth(tee)
+	body, key := attestBody(e.t, p, nonce)
+	st, resp, _ := e.raw("POST", "/kbs/v0/attest", body, cookieHdr(cookie))
+	if st != 200 {
+		e.t.Fatalf("attest: %d %s", st, resp)
+	}
+	var tr kbs.TokenResponse
+	if err := json.Unmarshal(resp, &tr); err != nil || tr.Token == "" {
+		e.t.Fatalf("attest: token response %q: %v", resp, err)
+	}
+	return cookie, tr.Token, key
+}
+
 func cookieHdr(c string) map[string]string {
-	return map[string]string{"Cookie": SessionCookie + "=" + c}
+	return map[string]string{"Cookie": kbs.SessionCookie + "=" + c}
 }
 
 // auditHas reports whether the audit log holds an entry of event whose

@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"bufio"
@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"hash"
 	"strings"
+
+	"github.com/krun-tee/krun-tee/kbs"
 )
 
 // maxInitData bounds the init-data TOML body.
@@ -53,13 +55,13 @@ func initDataDigest(body string) ([]byte, error) {
 // checkInitData verifies that the TEE bound the init-data: its digest,
 // zero-padded or truncated to the field size, must equal SNP HOST_DATA (32
 // bytes) or TDX MRCONFIGID (48 bytes).
-func checkInitData(c *Claims, d *InitData) error {
+func checkInitData(c *Claims, d *kbs.InitData) error {
 	digest, err := initDataDigest(d.Body)
 	if err != nil {
 		return err
 	}
 	size := snpHostDataLen
-	if c.TEE == TEETDX {
+	if c.TEE == kbs.TEETDX {
 		size = tdxConfigIDLen
 	}
 	want := make([]byte, size)

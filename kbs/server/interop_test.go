@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"crypto/rand"
@@ -10,6 +10,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/kbs"
 )
 
 // TestTrusteeShapedAttestation feeds the server an attestation exactly as
@@ -29,10 +30,10 @@ func TestTrusteeShapedAttestation(t *testing.T) {
 		t.Fatalf("auth: %d %s", st, body)
 	}
 	cookie, nonce := e.auth("snp")
-	k, _ := NewTEEKey()
+	k, _ := kbs.NewTEEKey()
 	jwk := string(k.PublicJWK())
 	att := `{"runtime-data":{"nonce":"` + nonce + `","tee-pubkey":` + jwk + `},"tee-evidence":{"primary_evidence":` + string(ev) + `,"additional_evidence":""}}`
-	a, err := ParseAttestation([]byte(att))
+	a, err := kbs.ParseAttestation([]byte(att))
 	if err != nil {
 		t.Fatalf("Trustee-shaped attestation does not parse: %v", err)
 	}
@@ -58,7 +59,7 @@ func TestRSAKeyFlow(t *testing.T) {
 	cookie, nonce := e.auth(fx.tee)
 	rd, _ := attest.BindReportData(nonce, jwk, "")
 	_, ev, _ := fx.provider(t, meas).Evidence(rd)
-	body, _ := json.Marshal(Attestation{RuntimeData: RuntimeData{Nonce: nonce, TEEPubKey: jwk}, TEEEvidence: TEEEvidence{PrimaryEvidence: ev}})
+	body, _ := json.Marshal(kbs.Attestation{RuntimeData: kbs.RuntimeData{Nonce: nonce, TEEPubKey: jwk}, TEEEvidence: kbs.TEEEvidence{PrimaryEvidence: ev}})
 	if st, b, _ := e.raw("POST", "/kbs/v0/attest", string(body), cookieHdr(cookie)); st != 200 {
 		t.Fatalf("attest: %d %s", st, b)
 	}

@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"io"

@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"encoding/hex"
@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/krun-tee/krun-tee/kbs"
 )
 
 // Workload holds the reference values registered for one workload and the
@@ -50,7 +52,7 @@ func (w *Workload) Validate() error {
 	if !workloadIDPattern.MatchString(w.ID) {
 		return fmt.Errorf("workload id %q: want 1-128 of [A-Za-z0-9_.:-], starting alphanumeric", truncate(w.ID, 64))
 	}
-	if w.TEE != TEESNP && w.TEE != TEETDX {
+	if w.TEE != kbs.TEESNP && w.TEE != kbs.TEETDX {
 		return fmt.Errorf("workload %s: tee %q: want snp or tdx", w.ID, truncate(w.TEE, 16))
 	}
 	if len(w.Measurements) == 0 {
@@ -63,7 +65,7 @@ func (w *Workload) Validate() error {
 		}
 		w.Measurements[i] = c
 	}
-	if len(w.RTMRs) > 0 && w.TEE != TEETDX {
+	if len(w.RTMRs) > 0 && w.TEE != kbs.TEETDX {
 		return fmt.Errorf("workload %s: rtmrs only apply to tdx", w.ID)
 	}
 	for i, set := range w.RTMRs {
@@ -82,7 +84,7 @@ func (w *Workload) Validate() error {
 		}
 	}
 	want := snpTCBParts
-	if w.TEE == TEETDX {
+	if w.TEE == kbs.TEETDX {
 		want = tdxTCBParts
 	}
 	if len(w.MinTCB) != 0 && len(w.MinTCB) != want {
@@ -95,7 +97,7 @@ func (w *Workload) Validate() error {
 	}
 	if w.HostData != "" {
 		n := snpHostDataLen
-		if w.TEE == TEETDX {
+		if w.TEE == kbs.TEETDX {
 			n = tdxConfigIDLen
 		}
 		c, err := canonHex(w.HostData, n)
@@ -108,7 +110,7 @@ func (w *Workload) Validate() error {
 		return fmt.Errorf("workload %s: at least one resource is required", w.ID)
 	}
 	for i, r := range w.Resources {
-		c, err := ParseResourcePath(r)
+		c, err := kbs.ParseResourcePath(r)
 		if err != nil {
 			return fmt.Errorf("workload %s: resource %d: %w", w.ID, i, err)
 		}

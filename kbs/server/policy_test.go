@@ -1,8 +1,9 @@
-package kbs
+package server
 
 import (
 	"strings"
 	"testing"
+
 )
 
 func TestWorkloadValidate(t *testing.T) {
@@ -85,19 +86,6 @@ func TestParseTCB(t *testing.T) {
 	for _, s := range []string{"1,x", "256", "3abc", "1,,2", strings.Repeat("1,", 17) + "1"} {
 		if _, err := ParseTCB(s); err == nil {
 			t.Errorf("%q accepted", s)
-		}
-	}
-}
-
-func TestParseResourcePath(t *testing.T) {
-	for in, want := range map[string]string{"a/b/c": "a/b/c", "/default/key/disk.v1/": "default/key/disk.v1"} {
-		if got, err := ParseResourcePath(in); err != nil || got != want {
-			t.Errorf("%q: %q %v", in, got, err)
-		}
-	}
-	for _, in := range []string{"", "a/b", "a/b/c/d", "a/../c", ".a/b/c", "a/b/c d", "a//c", strings.Repeat("x", 200) + "/b/c"} {
-		if _, err := ParseResourcePath(in); err == nil {
-			t.Errorf("%q accepted", in)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/krun-tee/krun-tee/kbs"
 )
 
 // TestPostgresReplicas runs two KBS replicas on one PostgreSQL database behind
@@ -60,7 +62,7 @@ func TestPostgresReplicas(t *testing.T) {
 			secret := []byte("replicated-secret-" + fx.name)
 			path := "repl/disk/" + fx.name
 			a.register("wl-"+fx.name, fx.tee, meas, path, secret) // written through replica A
-			c, err := NewClient(ClientOptions{URL: lb.URL, Provider: fx.provider(t, meas), TEE: fx.tee, AllowUnpinned: true, Logger: testLogger(t)})
+			c, err := kbs.NewClient(kbs.ClientOptions{URL: lb.URL, Provider: fx.provider(t, meas), TEE: fx.tee, AllowUnpinned: true, Logger: testLogger(t)})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
 	"github.com/krun-tee/krun-tee/sev"
 )
@@ -82,7 +83,7 @@ func TestRunTLSEndToEnd(t *testing.T) {
 	}
 	p := &evidence.EmulatedSNP{PSP: psp}
 	copy(p.Params.Measurement[:], meas)
-	c, err := NewClient(ClientOptions{URL: url, Provider: p, CAFingerprint: fingerprint(ca), Logger: testLogger(t)})
+	c, err := kbs.NewClient(kbs.ClientOptions{URL: url, Provider: p, CAFingerprint: fingerprint(ca), Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

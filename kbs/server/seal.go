@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+
+	"github.com/krun-tee/krun-tee/internal/boundedfile"
 )
 
 // KEKSize is the size of the key-encryption key (AES-256).
@@ -63,7 +65,7 @@ func ParseKEK(data []byte) ([]byte, error) {
 // the environment variable env (hex).
 func LoadKEK(file, env string) ([]byte, error) {
 	if file != "" {
-		data, err := readBounded(file)
+		data, err := boundedfile.Read(file, maxSmallFile)
 		if err != nil {
 			return nil, fmt.Errorf("kbs: kek file: %w", err)
 		}

@@ -1,6 +1,7 @@
-package kbs
+package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -17,6 +18,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/krun-tee/krun-tee/kbs"
 )
 
 // DefaultSessionLifetime is how long a session may take from auth to attest.
@@ -88,7 +91,7 @@ func NewServer(ctx context.Context, o ServerOptions) (*Server, error) {
 		s.lifetime = DefaultSessionLifetime
 	}
 	if s.maxBody <= 0 {
-		s.maxBody = MaxRequestBody
+		s.maxBody = kbs.MaxRequestBody
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -230,14 +233,14 @@ func (s *Server) handleAuth(w http.ResponseWriter, r *http.Request) int {
 	if st != 0 {
 		return st
 	}
-	req, err := ParseRequest(body)
+	req, err := kbs.ParseRequest(body)
 	if err != nil {
 		s.metrics.attestation("bad_auth_request")
 		s.log.Info("kbs auth refused", "remote", r.RemoteAddr, "err", err)
 		writeProblem(w, http.StatusUnauthorized, kindAttestationFailed, err.Error())
 		return http.StatusUnauthorized
 	}
-	var nonce [NonceSize]byte
+	var nonce [kbs.NonceSize]byte
 	if _, err := rand.Read(nonce[:]); err != nil {
 		writeProblem(w, http.StatusInternalServerError, kindInternal, "")
 		return http.StatusInternalServerError
@@ -259,9 +262,9 @@ func (s *Server) handleAuth(w http.ResponseWriter, r *http.Request) int {
 			return http.StatusServiceUnavailable
 		}
 	}
-	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: sess.ID, Path: "/kbs/v0", Expires: sess.Expires,
+	http.SetCookie(w, &http.Cookie{Name: kbs.SessionCookie, Value: sess.ID, Path: "/kbs/v0", Expires: sess.Expires,
 		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
-	return writeJSON(w, http.StatusOK, Challenge{Nonce: sess.Nonce, ExtraParams: ""})
+	return writeJSON(w, http.StatusOK, kbs.Challenge{Nonce: sess.Nonce, ExtraParams: ""})
 }
 
 // attestFailure is a refusal with a metrics class and an audit reason.
@@ -296,12 +299,12 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) int {
 	if st != 0 {
 		return st
 	}
-	c, err := r.Cookie(SessionCookie)
+	c, err := r.Cookie(kbs.SessionCookie)
 	if err != nil || !validSessionID(c.Value) {
 		return s.refuseAttest(w, r, "", attestFailure{"no_session", "no valid session cookie"}, "", "")
 	}
 	sid := c.Value
-	att, err := ParseAttestation(body)
+	att, err := kbs.ParseAttestation(body)
 	if err != nil {
 		return s.refuseAttest(w, r, sid, attestFailure{"bad_request", err.Error()}, "", "")
 	}
@@ -381,7 +384,7 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) int {
 	// A verified attestation releases nothing by itself, so it goes to the
 	// log only; the audit store records releases and refusals (one durable
 	// write per successful flow).
-	return writeJSON(w, http.StatusOK, TokenResponse{Token: token})
+	return writeJSON(w, http.StatusOK, kbs.TokenResponse{Token: token})
 }
 
 // registeredMeasurements collects every measurement registered for tee.
@@ -442,7 +445,7 @@ func resourceDenied(w http.ResponseWriter) int {
 
 // attestedCaller finds the claims and TEE key behind a resource request:
 // a bearer attestation token or an attested, unexpired session cookie.
-func (s *Server) attestedCaller(r *http.Request) (claims *Claims, key *TEEPubKey, sid string, err error) {
+func (s *Server) attestedCaller(r *http.Request) (claims *Claims, key *kbs.TEEPubKey, sid string, err error) {
 	now := s.now()
 	if h := r.Header.Get("Authorization"); h != "" {
 		tok, ok := strings.CutPrefix(h, "Bearer ")
@@ -452,7 +455,7 @@ func (s *Server) attestedCaller(r *http.Request) (claims *Claims, key *TEEPubKey
 		c, k, err := s.tokens.Check(strings.TrimSpace(tok), now)
 		return c, k, "", err
 	}
-	c, err := r.Cookie(SessionCookie)
+	c, err := r.Cookie(kbs.SessionCookie)
 	if err != nil || !validSessionID(c.Value) {
 		return nil, nil, "", errors.New("no attestation token and no valid session cookie")
 	}
@@ -471,7 +474,7 @@ func (s *Server) attestedCaller(r *http.Request) (claims *Claims, key *TEEPubKey
 	if !now.Before(sess.Expires) {
 		return nil, nil, sid, errors.New("session expired")
 	}
-	k, err := ParseTEEPubKey(sess.TEEPubKey)
+	k, err := kbs.ParseTEEPubKey(sess.TEEPubKey)
 	if err != nil {
 		return nil, nil, sid, err
 	}
@@ -491,7 +494,7 @@ func (s *Server) handleResource(w http.ResponseWriter, r *http.Request) int {
 			TEE: claims.TEE, Measurement: claims.Measurement, Reason: "resource: " + reason})
 		return resourceDenied(w)
 	}
-	canon, err := ParseResourcePath(path)
+	canon, err := kbs.ParseResourcePath(path)
 	if err != nil {
 		return refuse(err.Error(), "")
 	}
@@ -534,7 +537,7 @@ func (s *Server) handleResource(w http.ResponseWriter, r *http.Request) int {
 		s.log.Error("kbs resource unseal failed", "resource", canon, "err", err)
 		return refuse("resource cannot be unsealed", matched.ID)
 	}
-	jwe, err := EncryptResource(key, secret)
+	jwe, err := kbs.EncryptResource(key, secret)
 	clear(secret)
 	if err != nil {
 		return refuse(err.Error(), matched.ID)
@@ -602,7 +605,7 @@ func storeFailed(w http.ResponseWriter, s *Server, err error) int {
 }
 
 func (s *Server) handleSetResource(w http.ResponseWriter, r *http.Request, sub string) int {
-	canon, err := ParseResourcePath(r.PathValue("path"))
+	canon, err := kbs.ParseResourcePath(r.PathValue("path"))
 	if err != nil {
 		writeProblem(w, http.StatusBadRequest, kindBadRequest, err.Error())
 		return http.StatusBadRequest
@@ -629,7 +632,7 @@ func (s *Server) handleSetResource(w http.ResponseWriter, r *http.Request, sub s
 }
 
 func (s *Server) handleDeleteResource(w http.ResponseWriter, r *http.Request, sub string) int {
-	canon, err := ParseResourcePath(r.PathValue("path"))
+	canon, err := kbs.ParseResourcePath(r.PathValue("path"))
 	if err != nil {
 		writeProblem(w, http.StatusBadRequest, kindBadRequest, err.Error())
 		return http.StatusBadRequest
@@ -653,7 +656,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request, sub stri
 		return st
 	}
 	var wl Workload
-	dec := json.NewDecoder(bytesReader(body))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields() // an operator's typo must not silently drop a check
 	if err := dec.Decode(&wl); err != nil {
 		writeProblem(w, http.StatusBadRequest, kindBadRequest, "workload: "+err.Error())
@@ -752,4 +755,13 @@ func (s *Server) SweepSessions(ctx context.Context) (int, error) {
 		}
 		return !now.Before(sess.Expires)
 	})
+}
+
+// truncate shortens attacker-controlled strings before they go into errors,
+// logs and the audit trail.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }

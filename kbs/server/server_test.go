@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"bytes"
@@ -6,10 +6,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"github.com/krun-tee/krun-tee/kbs/evidence"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/krun-tee/krun-tee/kbs"
+	"github.com/krun-tee/krun-tee/kbs/evidence"
 )
 
 // fixtures lists every TEE fixture: fake first, then the emulated SNP and TDX ones.
@@ -35,8 +37,8 @@ func assertDenied(t *testing.T, status int, body []byte, wantStatus int, secret 
 	if status != wantStatus {
 		t.Fatalf("status %d, want %d (body %s)", status, wantStatus, body)
 	}
-	var p Problem
-	if err := json.Unmarshal(body, &p); err != nil || p.Status != wantStatus || !strings.HasPrefix(p.Type, ProblemTypePrefix) {
+	var p kbs.Problem
+	if err := json.Unmarshal(body, &p); err != nil || p.Status != wantStatus || !strings.HasPrefix(p.Type, kbs.ProblemTypePrefix) {
 		t.Fatalf("body is not a problem document: %s", body)
 	}
 	if secret != nil && bytes.Contains(body, secret) {
@@ -69,20 +71,16 @@ func TestBearerToken(t *testing.T) {
 	meas := randMeas()
 	secret := []byte("bearer-secret")
 	e.register("wl", fx.tee, meas, "r/t/tag", secret)
-	a, err := e.client(fx.provider(t, meas), fx.tee).Attest(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, body, _ := e.raw("GET", "/kbs/v0/resource/r/t/tag", "", map[string]string{"Authorization": "Bearer " + a.Token()})
+	cookie, tok, key := e.attestRaw(fx.provider(t, meas), fx.tee)
+	st, body, _ := e.raw("GET", "/kbs/v0/resource/r/t/tag", "", map[string]string{"Authorization": "Bearer " + tok})
 	if st != 200 {
 		t.Fatalf("bearer: %d %s", st, body)
 	}
-	pt, err := a.key.Decrypt(body)
+	pt, err := key.Decrypt(body)
 	if err != nil || !bytes.Equal(pt, secret) {
 		t.Fatalf("decrypt: %v %q", err, pt)
 	}
 	// A forged token (signature broken) and an expired one are refused.
-	tok := a.Token()
 	forged := tok[:len(tok)-4] + "AAAA"
 	st, body, _ = e.raw("GET", "/kbs/v0/resource/r/t/tag", "", map[string]string{"Authorization": "Bearer " + forged})
 	assertDenied(t, st, body, 401, secret)
@@ -90,7 +88,7 @@ func TestBearerToken(t *testing.T) {
 	st, body, _ = e.raw("GET", "/kbs/v0/resource/r/t/tag", "", map[string]string{"Authorization": "Bearer " + tok})
 	assertDenied(t, st, body, 401, secret)
 	// The cookie session expired with it.
-	st, body, _ = e.raw("GET", "/kbs/v0/resource/r/t/tag", "", cookieHdr(a.cookie))
+	st, body, _ = e.raw("GET", "/kbs/v0/resource/r/t/tag", "", cookieHdr(cookie))
 	assertDenied(t, st, body, 401, secret)
 }
 
@@ -160,21 +158,18 @@ func TestOtherMeasurement(t *testing.T) {
 		e.register("wl-b", fx.tee, measB, "r/disk/b", []byte("b-secret"))
 		// An unregistered measurement fails attestation outright.
 		_, err := e.client(fx.provider(t, randMeas()), fx.tee).GetResource(context.Background(), "r/disk/a")
-		var pe *ProblemError
+		var pe *kbs.ProblemError
 		if !errors.As(err, &pe) || pe.Status != 401 || pe.Op != "attest" {
 			t.Fatalf("unregistered measurement: %v", err)
 		}
 		// Workload B's measurement attests but does not get A's secret.
-		a, err := e.client(fx.provider(t, measB), fx.tee).Attest(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, body, _ := e.raw("GET", "/kbs/v0/resource/r/disk/a", "", cookieHdr(a.cookie))
+		cookie, _, _ := e.attestRaw(fx.provider(t, measB), fx.tee)
+		st, body, _ := e.raw("GET", "/kbs/v0/resource/r/disk/a", "", cookieHdr(cookie))
 		assertDenied(t, st, body, 401, secret)
 		if !e.auditHas(AuditRefuse, "not registered") {
 			t.Fatal("refusal not audited with its reason")
 		}
-		if got, err := a.Resource(context.Background(), "r/disk/b"); err != nil || string(got) != "b-secret" {
+		if got, err := e.client(fx.provider(t, measB), fx.tee).GetResource(context.Background(), "r/disk/b"); err != nil || string(got) != "b-secret" {
 			t.Fatalf("own resource: %q %v", got, err)
 		}
 	})
@@ -196,13 +191,10 @@ func testUnregisteredResource(t *testing.T, fx teeFixture) {
 		Resources: []string{"r/t/unset"}}); err != nil {
 		t.Fatal(err)
 	}
-	a, err := e.client(fx.provider(t, meas), fx.tee).Attest(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie, _, _ := e.attestRaw(fx.provider(t, meas), fx.tee)
 	var bodies [][]byte
 	for _, p := range []string{"r/t/other", "r/t/missing", "r/t/unset", "bad..//path", "r/t/mine/extra"} {
-		st, body, _ := e.raw("GET", "/kbs/v0/resource/"+p, "", cookieHdr(a.cookie))
+		st, body, _ := e.raw("GET", "/kbs/v0/resource/"+p, "", cookieHdr(cookie))
 		assertDenied(t, st, body, 401, []byte("other-secret"))
 		bodies = append(bodies, body)
 	}
@@ -226,7 +218,7 @@ func TestUntrustedRoot(t *testing.T) {
 		secret := []byte("s3cret")
 		e.register("wl", fx.tee, meas, "r/t/tag", secret)
 		_, err := e.client(fx.untrusted(t, meas), fx.tee).GetResource(context.Background(), "r/t/tag")
-		var pe *ProblemError
+		var pe *kbs.ProblemError
 		if !errors.As(err, &pe) || pe.Status != 401 {
 			t.Fatalf("untrusted root: %v", err)
 		}
@@ -240,7 +232,7 @@ func TestTamperedEvidence(t *testing.T) {
 		e.register("wl", fx.tee, meas, "r/t/tag", []byte("s"))
 		cookie, nonce := e.auth(fx.tee)
 		body, _ := attestBody(t, fx.provider(t, meas), nonce)
-		var a Attestation
+		var a kbs.Attestation
 		if err := json.Unmarshal([]byte(body), &a); err != nil {
 			t.Fatal(err)
 		}
@@ -259,9 +251,9 @@ func TestKeySubstitution(t *testing.T) {
 	e.register("wl", fx.tee, meas, "r/t/tag", []byte("s"))
 	cookie, nonce := e.auth(fx.tee)
 	body, _ := attestBody(t, fx.provider(t, meas), nonce)
-	var a Attestation
+	var a kbs.Attestation
 	json.Unmarshal([]byte(body), &a)
-	other, _ := NewTEEKey()
+	other, _ := kbs.NewTEEKey()
 	a.RuntimeData.TEEPubKey = other.PublicJWK()
 	tb, _ := json.Marshal(a)
 	st, b, _ := e.raw("POST", "/kbs/v0/attest", string(tb), cookieHdr(cookie))
@@ -398,7 +390,7 @@ func TestAdminCRUD(t *testing.T) {
 	if err := e.admin.DeleteResource(ctx, "r/t/a"); err != nil {
 		t.Fatal(err)
 	}
-	var pe *ProblemError
+	var pe *kbs.ProblemError
 	if err := e.admin.DeleteResource(ctx, "r/t/a"); !errors.As(err, &pe) || pe.Status != 404 {
 		t.Fatalf("second delete: %v", err)
 	}
@@ -505,7 +497,7 @@ func TestEmulatedNeedsOptIn(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := e.client(fx.provider(t, meas), fx.tee).GetResource(ctx, "hw/disk/key")
-	var pe *ProblemError
+	var pe *kbs.ProblemError
 	if !errors.As(err, &pe) || pe.Status != 401 || pe.Op != "resource" {
 		t.Fatalf("emulated evidence for a hardware-only workload: %v", err)
 	}
@@ -538,9 +530,9 @@ func TestInitDataBinding(t *testing.T) {
 			copy(p.Params.HostData[:], c.hostData)
 			cookie, nonce := e.auth(fx.tee)
 			ab, _ := attestBody(t, p, nonce)
-			var a Attestation
+			var a kbs.Attestation
 			json.Unmarshal([]byte(ab), &a)
-			a.InitData = &InitData{Format: "toml", Body: body}
+			a.InitData = &kbs.InitData{Format: "toml", Body: body}
 			tb, _ := json.Marshal(a)
 			st, b, _ := e.raw("POST", "/kbs/v0/attest", string(tb), cookieHdr(cookie))
 			if st != c.want {

@@ -1,4 +1,4 @@
-package kbs
+package server
 
 import (
 	"crypto/ecdsa"
@@ -12,6 +12,8 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/krun-tee/krun-tee/kbs"
 )
 
 // Attestation-token constants (EAR-like, after Trustee's broker).
@@ -113,7 +115,7 @@ func (t *TokenSigner) Issue(c *Claims, rd RuntimeDataClaims, now time.Time) (str
 
 // Check verifies a token's signature, issuer and freshness and returns the
 // claims and the TEE key it names.
-func (t *TokenSigner) Check(token string, now time.Time) (*Claims, *TEEPubKey, error) {
+func (t *TokenSigner) Check(token string, now time.Time) (*Claims, *kbs.TEEPubKey, error) {
 	if len(token) > maxTokenLen {
 		return nil, nil, errors.New("token too large")
 	}
@@ -135,7 +137,7 @@ func (t *TokenSigner) Check(token string, now time.Time) (*Claims, *TEEPubKey, e
 	if !ok || sm.Status != statusAffirming || sm.Evidence.Claims == nil {
 		return nil, nil, errors.New("token: no affirming appraisal")
 	}
-	pk, err := ParseTEEPubKey(sm.Evidence.Runtime.TEEPubKey)
+	pk, err := kbs.ParseTEEPubKey(sm.Evidence.Runtime.TEEPubKey)
 	if err != nil {
 		return nil, nil, fmt.Errorf("token: %w", err)
 	}

@@ -1,10 +1,11 @@
 //go:build linux
 
-package kbs
+package server
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/krun-tee/krun-tee/kbs"
 )
 
 // TestVsockDialerLoopback serves the KBS on a vsock listener and runs the
@@ -35,7 +38,7 @@ func TestVsockDialerLoopback(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	probe, err := VsockDialer(unix.VMADDR_CID_LOCAL, ln.port)(ctx, "tcp", "ignored:443")
+	probe, err := kbs.VsockDialer(unix.VMADDR_CID_LOCAL, ln.port)(ctx, "tcp", "ignored:443")
 	if err != nil {
 		var op *net.OpError
 		if !errors.As(err, &op) || op.Op != "dial" || op.Net != "vsock" {
@@ -44,8 +47,8 @@ func TestVsockDialerLoopback(t *testing.T) {
 		t.Skipf("this kernel cannot reach itself over vsock (load vsock_loopback to run the flow): %v", err)
 	}
 	probe.Close()
-	c, err := NewClient(ClientOptions{URL: "http://kbs.vsock", Provider: fx.provider(t, meas), TEE: fx.tee, AllowUnpinned: true,
-		Dial: VsockDialer(unix.VMADDR_CID_LOCAL, ln.port), Attempts: 1, Logger: testLogger(t)})
+	c, err := kbs.NewClient(kbs.ClientOptions{URL: "http://kbs.vsock", Provider: fx.provider(t, meas), TEE: fx.tee, AllowUnpinned: true,
+		Dial: kbs.VsockDialer(unix.VMADDR_CID_LOCAL, ln.port), Attempts: 1, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,12 +109,27 @@ func (l *vsockListener) Accept() (net.Conn, error) {
 	if aerr != nil {
 		return nil, aerr
 	}
-	remote := vsockAddr{}
+	remote := testVsockAddr{}
 	if vm, ok := sa.(*unix.SockaddrVM); ok {
-		remote = vsockAddr{vm.CID, vm.Port}
+		remote = testVsockAddr{vm.CID, vm.Port}
 	}
-	return &vsockConn{File: os.NewFile(uintptr(nfd), "vsock-accepted"), local: vsockAddr{Port: l.port}, remote: remote}, nil
+	return &testVsockConn{File: os.NewFile(uintptr(nfd), "vsock-accepted"), local: testVsockAddr{Port: l.port}, remote: remote}, nil
 }
 
 func (l *vsockListener) Close() error   { return l.f.Close() }
-func (l *vsockListener) Addr() net.Addr { return vsockAddr{Port: l.port} }
+func (l *vsockListener) Addr() net.Addr { return testVsockAddr{Port: l.port} }
+
+// testVsockAddr is an AF_VSOCK address (the client's own type is unexported).
+type testVsockAddr struct{ CID, Port uint32 }
+
+func (a testVsockAddr) Network() string { return "vsock" }
+func (a testVsockAddr) String() string  { return fmt.Sprintf("%d:%d", a.CID, a.Port) }
+
+// testVsockConn adapts an accepted, non-blocking vsock socket to net.Conn.
+type testVsockConn struct {
+	*os.File
+	local, remote testVsockAddr
+}
+
+func (c *testVsockConn) LocalAddr() net.Addr  { return c.local }
+func (c *testVsockConn) RemoteAddr() net.Addr { return c.remote }
