@@ -15,6 +15,8 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"github.com/krun-tee/krun-tee/emulated/psp"
+	"github.com/krun-tee/krun-tee/emulated/tdxmodule"
 	"io"
 	"net/http"
 	"os"
@@ -24,23 +26,22 @@ import (
 
 	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/sev"
-	"github.com/krun-tee/krun-tee/tdx"
 )
 
 var (
 	emuOnce sync.Once
-	emuPSP  *sev.EmulatedPSP
-	emuTDX  *tdx.EmulatedModule
+	emuPSP  *psp.PSP
+	emuTDX  *tdxmodule.Module
 	emuErr  error
 )
 
-func emulators(t testing.TB) (*sev.EmulatedPSP, *tdx.EmulatedModule) {
+func emulators(t testing.TB) (*psp.PSP, *tdxmodule.Module) {
 	t.Helper()
 	emuOnce.Do(func() {
-		if emuPSP, emuErr = sev.NewEmulatedPSPInMemory(); emuErr != nil {
+		if emuPSP, emuErr = psp.NewInMemory(); emuErr != nil {
 			return
 		}
-		emuTDX, emuErr = tdx.NewEmulatedModuleInMemory()
+		emuTDX, emuErr = tdxmodule.NewInMemory()
 	})
 	if emuErr != nil {
 		t.Fatal(emuErr)
@@ -55,7 +56,7 @@ func random(n int) []byte {
 }
 
 type snpCase struct {
-	params sev.ReportParams
+	params psp.ReportParams
 	policy attest.Policy
 }
 
@@ -258,7 +259,7 @@ func mustJSON(v any) []byte {
 }
 
 type tdxCase struct {
-	params tdx.QuoteParams
+	params tdxmodule.QuoteParams
 	policy attest.Policy
 }
 

@@ -3,9 +3,9 @@ package attest_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/krun-tee/krun-tee/emulated/psp"
 
 	"github.com/krun-tee/krun-tee/attest"
-	"github.com/krun-tee/krun-tee/sev"
 )
 
 // Example shows a KBS-side verification: bind the session nonce and the
@@ -13,7 +13,7 @@ import (
 // the expected measurement with the real AMD/Intel roots plus one
 // explicitly trusted emulated root.
 func Example() {
-	psp, err := sev.NewEmulatedPSPInMemory() // stands in for a guest's PSP
+	platform, err := psp.NewInMemory() // stands in for a guest's PSP
 	if err != nil {
 		panic(err)
 	}
@@ -24,14 +24,14 @@ func Example() {
 	}
 	var measurement [48]byte
 	measurement[0] = 0x42
-	evidence, err := psp.Evidence(sev.ReportParams{Measurement: measurement, ReportData: rd})
+	evidence, err := platform.Evidence(psp.ReportParams{Measurement: measurement, ReportData: rd})
 	if err != nil {
 		panic(err)
 	}
 	claims, err := attest.Verify(attest.SNP, evidence, attest.Policy{
 		ReportData:   rd[:],
 		Measurements: [][]byte{measurement[:]},
-		Roots:        attest.DefaultRoots().With(psp.Roots()),
+		Roots:        attest.DefaultRoots().With(platform.Roots()),
 	})
 	if err != nil {
 		fmt.Println("refused:", err)

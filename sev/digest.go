@@ -1,7 +1,7 @@
 // Package sev holds the SEV-SNP pieces that do not need KVM: the launch
 // digest (the chain of PAGE_INFO hashes the PSP computes during
-// SNP_LAUNCH_UPDATE), the VMSA page builder, and an emulated PSP that signs
-// real-format attestation reports under a locally generated AMD-style root.
+// SNP_LAUNCH_UPDATE), the VMSA page builder and the default guest policy.
+// The emulated PSP lives apart, in the host-only package emulated/psp.
 package sev
 
 import (

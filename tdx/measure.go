@@ -1,6 +1,6 @@
 // Package tdx holds the Intel TDX pieces that do not need KVM: the MRTD and
-// RTMR computations the TDX module performs, and an emulated TDX module that
-// produces signed TD quotes (v4) under a locally generated Intel-style root.
+// RTMR computations the TDX module performs and the default XFAM. The
+// emulated TDX module lives apart, in the host-only package emulated/tdxmodule.
 package tdx
 
 import (

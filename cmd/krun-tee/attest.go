@@ -5,13 +5,14 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/krun-tee/krun-tee/emulated/psp"
+	"github.com/krun-tee/krun-tee/emulated/tdxmodule"
 	"io"
 	"os"
 	"strings"
 
 	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/sev"
-	"github.com/krun-tee/krun-tee/tdx"
 )
 
 func init() {
@@ -72,10 +73,10 @@ func attestRootInit(args []string, stdout, stderr io.Writer) error {
 	if *dir == "" || fs.NArg() != 0 {
 		return usagef("attest emulated-root init needs --dir DIR and no arguments")
 	}
-	if err := sev.GenerateEmulatedRoot(*dir); err != nil {
+	if err := psp.GenerateRoot(*dir); err != nil {
 		return err
 	}
-	if err := tdx.GenerateEmulatedRoot(*dir); err != nil {
+	if err := tdxmodule.GenerateRoot(*dir); err != nil {
 		return err
 	}
 	return attestPrintRoots(*dir, stdout)
@@ -146,7 +147,7 @@ func attestEmulate(args []string, stdout, stderr io.Writer) error {
 		if *mrtdHex != "" || len(rtmrs) > 0 {
 			return usagef("--mrtd and --rtmr are TDX flags")
 		}
-		var p sev.ReportParams
+		var p psp.ReportParams
 		copy(p.ReportData[:], rd)
 		if *measHex != "" {
 			m, err := hexFlag("measurement", *measHex, 48)
@@ -165,18 +166,18 @@ func attestEmulate(args []string, stdout, stderr io.Writer) error {
 		if *debug {
 			p.Policy = sev.DefaultPolicy | 1<<19
 		}
-		psp, err := sev.LoadEmulatedPSP(*root)
+		chip, err := psp.Load(*root)
 		if err != nil {
 			return err
 		}
-		if ev, err = psp.Evidence(p); err != nil {
+		if ev, err = chip.Evidence(p); err != nil {
 			return err
 		}
 	case attest.TDX:
 		if *measHex != "" {
 			return usagef("--measurement is the SNP flag; use --mrtd for TDX")
 		}
-		var q tdx.QuoteParams
+		var q tdxmodule.QuoteParams
 		copy(q.ReportData[:], rd)
 		if *mrtdHex != "" {
 			m, err := hexFlag("mrtd", *mrtdHex, 48)
@@ -206,7 +207,7 @@ func attestEmulate(args []string, stdout, stderr io.Writer) error {
 		if *debug {
 			q.TDAttributes = 1
 		}
-		m, err := tdx.LoadEmulatedModule(*root)
+		m, err := tdxmodule.Load(*root)
 		if err != nil {
 			return err
 		}

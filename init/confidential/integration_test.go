@@ -11,6 +11,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
+	"github.com/krun-tee/krun-tee/emulated/psp"
+	"github.com/krun-tee/krun-tee/emulated/tdxmodule"
 	"io"
 	"log"
 	"log/slog"
@@ -30,8 +32,6 @@ import (
 	"github.com/krun-tee/krun-tee/kbs/evidence"
 	kbsserver "github.com/krun-tee/krun-tee/kbs/server"
 	"github.com/krun-tee/krun-tee/luks"
-	"github.com/krun-tee/krun-tee/sev"
-	"github.com/krun-tee/krun-tee/tdx"
 )
 
 // The integration tests run steps 2-4 of the confidential boot against real
@@ -47,23 +47,23 @@ const (
 
 var (
 	rootsOnce sync.Once
-	psp       *sev.EmulatedPSP
-	tdxModule *tdx.EmulatedModule
+	emuPSP    *psp.PSP
+	tdxModule *tdxmodule.Module
 	rootsErr  error
 )
 
 // emulatedRoots are shared by the tests: the RSA-4096 SNP root is slow to make.
-func emulatedRoots(t testing.TB) (*sev.EmulatedPSP, *tdx.EmulatedModule) {
+func emulatedRoots(t testing.TB) (*psp.PSP, *tdxmodule.Module) {
 	rootsOnce.Do(func() {
-		if psp, rootsErr = sev.NewEmulatedPSPInMemory(); rootsErr != nil {
+		if emuPSP, rootsErr = psp.NewInMemory(); rootsErr != nil {
 			return
 		}
-		tdxModule, rootsErr = tdx.NewEmulatedModuleInMemory()
+		tdxModule, rootsErr = tdxmodule.NewInMemory()
 	})
 	if rootsErr != nil {
 		t.Fatal(rootsErr)
 	}
-	return psp, tdxModule
+	return emuPSP, tdxModule
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -230,11 +230,11 @@ func quoteServer(t testing.TB, tee string, meas [48]byte) func(ctx context.Conte
 	ps, m := emulatedRoots(t)
 	var p evidence.Provider
 	if tee == launchparams.TEEEmulatedTDX {
-		e := &evidence.EmulatedTDX{Module: m}
+		e := &tdxmodule.Provider{Module: m}
 		e.Params.MRTD = meas
 		p = e
 	} else {
-		e := &evidence.EmulatedSNP{PSP: ps}
+		e := &psp.Provider{PSP: ps}
 		e.Params.Measurement = meas
 		p = e
 	}

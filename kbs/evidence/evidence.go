@@ -1,9 +1,11 @@
-// Package evidence provides the KBS client's evidence providers: the guest's
-// quote interfaces (configfs-tsm, /dev/sev-guest, /dev/tdx_guest) and the
-// emulated TEE (sev.EmulatedPSP, tdx.EmulatedModule). Each returns evidence in
-// the Trustee form the KBS verifies (DESIGN 2.5). It lives apart from package
-// kbs because the guest libraries register global flags and the KBS server
-// has no use for them.
+// Package evidence provides the KBS client's evidence providers in the guest:
+// the quote interfaces (configfs-tsm, /dev/sev-guest, /dev/tdx_guest) and
+// Remote, which asks the host's quote service over vsock for emulated
+// evidence. Each returns evidence in the Trustee form the KBS verifies
+// (DESIGN 2.5). The emulators that sign emulated evidence live on the host
+// (emulated/psp, emulated/tdxmodule); the measured init links only this
+// package. It lives apart from package kbs because the guest libraries
+// register global flags and the KBS server has no use for them.
 package evidence
 
 import (

@@ -2,30 +2,29 @@ package server
 
 import (
 	"encoding/json"
+	"github.com/krun-tee/krun-tee/emulated/psp"
+	"github.com/krun-tee/krun-tee/emulated/tdxmodule"
 	"sync"
 	"testing"
 
 	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/kbs"
-	"github.com/krun-tee/krun-tee/kbs/evidence"
-	"github.com/krun-tee/krun-tee/sev"
-	"github.com/krun-tee/krun-tee/tdx"
 )
 
 // Emulated roots are expensive (RSA-4096 keys), so one trusted and one
 // untrusted PSP serve every test in the binary.
 var (
 	pspOnce                sync.Once
-	trustedPSP, untrustPSP *sev.EmulatedPSP
+	trustedPSP, untrustPSP *psp.PSP
 	pspErr                 error
 )
 
-func emulatedPSPs(t testing.TB) (*sev.EmulatedPSP, *sev.EmulatedPSP) {
+func emulatedPSPs(t testing.TB) (*psp.PSP, *psp.PSP) {
 	pspOnce.Do(func() {
-		if trustedPSP, pspErr = sev.NewEmulatedPSPInMemory(); pspErr != nil {
+		if trustedPSP, pspErr = psp.NewInMemory(); pspErr != nil {
 			return
 		}
-		untrustPSP, pspErr = sev.NewEmulatedPSPInMemory()
+		untrustPSP, pspErr = psp.NewInMemory()
 	})
 	if pspErr != nil {
 		t.Fatal(pspErr)
@@ -33,8 +32,8 @@ func emulatedPSPs(t testing.TB) (*sev.EmulatedPSP, *sev.EmulatedPSP) {
 	return trustedPSP, untrustPSP
 }
 
-func snpProvider(psp *sev.EmulatedPSP, meas []byte) kbs.EvidenceProvider {
-	p := &evidence.EmulatedSNP{PSP: psp}
+func snpProvider(chip *psp.PSP, meas []byte) kbs.EvidenceProvider {
+	p := &psp.Provider{PSP: chip}
 	copy(p.Params.Measurement[:], meas)
 	return p
 }
@@ -68,16 +67,16 @@ func init() { emulatedFixtures = append(emulatedFixtures, emulatedSNPFixture) }
 
 var (
 	tdxOnce                  sync.Once
-	trustedTDX, untrustedTDX *tdx.EmulatedModule
+	trustedTDX, untrustedTDX *tdxmodule.Module
 	tdxErr                   error
 )
 
-func emulatedModules(t testing.TB) (*tdx.EmulatedModule, *tdx.EmulatedModule) {
+func emulatedModules(t testing.TB) (*tdxmodule.Module, *tdxmodule.Module) {
 	tdxOnce.Do(func() {
-		if trustedTDX, tdxErr = tdx.NewEmulatedModuleInMemory(); tdxErr != nil {
+		if trustedTDX, tdxErr = tdxmodule.NewInMemory(); tdxErr != nil {
 			return
 		}
-		untrustedTDX, tdxErr = tdx.NewEmulatedModuleInMemory()
+		untrustedTDX, tdxErr = tdxmodule.NewInMemory()
 	})
 	if tdxErr != nil {
 		t.Fatal(tdxErr)
@@ -95,8 +94,8 @@ var tdxRTMRs = func() (r [4][48]byte) {
 	return r
 }()
 
-func tdxProvider(m *tdx.EmulatedModule, meas []byte) kbs.EvidenceProvider {
-	p := &evidence.EmulatedTDX{Module: m}
+func tdxProvider(m *tdxmodule.Module, meas []byte) kbs.EvidenceProvider {
+	p := &tdxmodule.Provider{Module: m}
 	copy(p.Params.MRTD[:], meas)
 	p.Params.RTMRs = tdxRTMRs
 	return p

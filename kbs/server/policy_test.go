@@ -3,7 +3,6 @@ package server
 import (
 	"strings"
 	"testing"
-
 )
 
 func TestWorkloadValidate(t *testing.T) {

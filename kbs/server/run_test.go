@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	"github.com/krun-tee/krun-tee/emulated/psp"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,8 +13,6 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/kbs"
-	"github.com/krun-tee/krun-tee/kbs/evidence"
-	"github.com/krun-tee/krun-tee/sev"
 )
 
 // TestRunTLSEndToEnd starts the server the way `kbs serve --config` does
@@ -40,10 +39,10 @@ func TestRunTLSEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	rootDir := filepath.Join(dir, "emulated-root")
-	if err := sev.GenerateEmulatedRoot(rootDir); err != nil {
+	if err := psp.GenerateRoot(rootDir); err != nil {
 		t.Fatal(err)
 	}
-	psp, err := sev.LoadEmulatedPSP(rootDir)
+	chip, err := psp.Load(rootDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +80,7 @@ func TestRunTLSEndToEnd(t *testing.T) {
 	if err := ac.SetResource(ctx, "e2e/disk/root", []byte("root-passphrase")); err != nil {
 		t.Fatal(err)
 	}
-	p := &evidence.EmulatedSNP{PSP: psp}
+	p := &psp.Provider{PSP: chip}
 	copy(p.Params.Measurement[:], meas)
 	c, err := kbs.NewClient(kbs.ClientOptions{URL: url, Provider: p, CAFingerprint: fingerprint(ca), Logger: testLogger(t)})
 	if err != nil {

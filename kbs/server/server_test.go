@@ -6,12 +6,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"github.com/krun-tee/krun-tee/emulated/psp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/krun-tee/krun-tee/kbs"
-	"github.com/krun-tee/krun-tee/kbs/evidence"
 )
 
 // fixtures lists every TEE fixture: fake first, then the emulated SNP and TDX ones.
@@ -526,7 +526,7 @@ func TestInitDataBinding(t *testing.T) {
 		{"not bound", make([]byte, 32), 401},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			p := snpProvider(trusted, meas).(*evidence.EmulatedSNP)
+			p := snpProvider(trusted, meas).(*psp.Provider)
 			copy(p.Params.HostData[:], c.hostData)
 			cookie, nonce := e.auth(fx.tee)
 			ab, _ := attestBody(t, p, nonce)

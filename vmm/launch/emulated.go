@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/krun-tee/krun-tee/emulated/psp"
+	"github.com/krun-tee/krun-tee/emulated/tdxmodule"
 	"log/slog"
 	"net"
 	"os"
@@ -60,16 +62,16 @@ func LoadEmulated(tee, rootDir string, l *layout.Layout) (*Emulated, error) {
 		if err := checkRootDir(rootDir, attest.EmulatedSNPDir); err != nil {
 			return nil, err
 		}
-		psp, err := sev.LoadEmulatedPSP(rootDir)
+		chip, err := psp.Load(rootDir)
 		if err != nil {
 			return nil, fmt.Errorf("launch: emulated root %s: %w", rootDir, err)
 		}
-		return NewEmulatedSNP(psp, l)
+		return NewEmulatedSNP(chip, l)
 	case launchparams.TEEEmulatedTDX:
 		if err := checkRootDir(rootDir, attest.EmulatedTDXDir); err != nil {
 			return nil, err
 		}
-		m, err := tdx.LoadEmulatedModule(rootDir)
+		m, err := tdxmodule.Load(rootDir)
 		if err != nil {
 			return nil, fmt.Errorf("launch: emulated root %s: %w", rootDir, err)
 		}
@@ -88,7 +90,7 @@ func checkRootDir(root, sub string) error {
 
 // NewEmulatedSNP measures l with the SNP launch digest and returns the
 // emulated PSP's provider reporting it with SNPPolicy at VMPL 0.
-func NewEmulatedSNP(psp *sev.EmulatedPSP, l *layout.Layout) (*Emulated, error) {
+func NewEmulatedSNP(chip *psp.PSP, l *layout.Layout) (*Emulated, error) {
 	d, err := MeasureSNP(l)
 	if err != nil {
 		return nil, err
@@ -96,7 +98,7 @@ func NewEmulatedSNP(psp *sev.EmulatedPSP, l *layout.Layout) (*Emulated, error) {
 	return &Emulated{
 		TEE:          launchparams.TEEEmulatedSNP,
 		Measurements: Measurements{SNP: d},
-		Provider: &evidence.EmulatedSNP{PSP: psp, Params: sev.ReportParams{
+		Provider: &psp.Provider{PSP: chip, Params: psp.ReportParams{
 			Measurement: d,
 			Policy:      SNPPolicy,
 			VMPL:        0,
@@ -108,7 +110,7 @@ func NewEmulatedSNP(psp *sev.EmulatedPSP, l *layout.Layout) (*Emulated, error) {
 // NewEmulatedTDX measures l into MRTD (RTMRs zero at TD start) and returns
 // the emulated TDX module's provider reporting it with TDAttributes and
 // TDXFAM.
-func NewEmulatedTDX(m *tdx.EmulatedModule, l *layout.Layout) (*Emulated, error) {
+func NewEmulatedTDX(m *tdxmodule.Module, l *layout.Layout) (*Emulated, error) {
 	d, err := MeasureTDX(l)
 	if err != nil {
 		return nil, err
@@ -117,7 +119,7 @@ func NewEmulatedTDX(m *tdx.EmulatedModule, l *layout.Layout) (*Emulated, error) 
 	return &Emulated{
 		TEE:          launchparams.TEEEmulatedTDX,
 		Measurements: Measurements{MRTD: d, RTMRs: rtmrs},
-		Provider: &evidence.EmulatedTDX{Module: m, Params: tdx.QuoteParams{
+		Provider: &tdxmodule.Provider{Module: m, Params: tdxmodule.QuoteParams{
 			MRTD:         d,
 			RTMRs:        rtmrs,
 			TDAttributes: TDAttributes,

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha512"
 	"encoding/json"
+	"github.com/krun-tee/krun-tee/emulated/psp"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,7 +18,6 @@ import (
 	"github.com/krun-tee/krun-tee/init/launchparams"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
 	"github.com/krun-tee/krun-tee/luks"
-	"github.com/krun-tee/krun-tee/sev"
 	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
@@ -132,7 +132,7 @@ func TestServeQuotesOverSocketpair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	psp, err := sev.NewEmulatedPSPInMemory()
+	psp, err := psp.NewInMemory()
 	if err != nil {
 		t.Fatal(err)
 	}

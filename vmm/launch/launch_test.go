@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"github.com/krun-tee/krun-tee/emulated/psp"
+	"github.com/krun-tee/krun-tee/emulated/tdxmodule"
 	"io"
 	"log/slog"
 	"net"
@@ -376,7 +378,7 @@ func TestMeasureEqualsEmulatedQuote(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		psp, err := sev.NewEmulatedPSPInMemory()
+		psp, err := psp.NewInMemory()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -433,7 +435,7 @@ func TestMeasureEqualsEmulatedQuote(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		mod, err := tdx.NewEmulatedModuleInMemory()
+		mod, err := tdxmodule.NewInMemory()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -542,10 +544,10 @@ func TestLoadEmulatedFromDisk(t *testing.T) {
 		t.Skip("generates emulated roots (RSA-4096); skipped in -short")
 	}
 	root := t.TempDir()
-	if err := sev.GenerateEmulatedRoot(root); err != nil {
+	if err := psp.GenerateRoot(root); err != nil {
 		t.Fatal(err)
 	}
-	if err := tdx.GenerateEmulatedRoot(root); err != nil {
+	if err := tdxmodule.GenerateRoot(root); err != nil {
 		t.Fatal(err)
 	}
 	s := testSpec(t)

@@ -1,4 +1,10 @@
-package tdx
+// Package tdxmodule is an emulated Intel TDX module and quoting enclave for
+// development and tests on machines without TDX: it produces signed TD quotes
+// (v4) through a locally generated Intel-style PCK chain, with matching PCS
+// collateral, which a verifier accepts only when told to trust that root. It
+// is host-only: the measured init must never link it (init/deps_test.go
+// enforces it).
+package tdxmodule
 
 import (
 	"crypto/ecdsa"
@@ -14,6 +20,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/krun-tee/krun-tee/internal/boundedfile"
+	"github.com/krun-tee/krun-tee/internal/pemfile"
+	"github.com/krun-tee/krun-tee/tdx"
 	"math/big"
 	"net/url"
 	"os"
@@ -125,7 +134,7 @@ func issue(tmpl, parent *x509.Certificate, pub *ecdsa.PublicKey, signer *ecdsa.P
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
 	if err != nil {
-		return nil, fmt.Errorf("tdx: certificate %q: %w", tmpl.Subject.CommonName, err)
+		return nil, fmt.Errorf("emulated tdx module: certificate %q: %w", tmpl.Subject.CommonName, err)
 	}
 	return x509.ParseCertificate(der)
 }
@@ -245,7 +254,7 @@ func newChain(now time.Time) (*chain, error) {
 	}
 	ext, err := sgxExtension(ppid, fmspc, pceID, c.cfg.PCESVN)
 	if err != nil {
-		return nil, fmt.Errorf("tdx: SGX extension: %w", err)
+		return nil, fmt.Errorf("emulated tdx module: SGX extension: %w", err)
 	}
 	// Exactly six extensions, as go-tdx-guest requires: AKID, CRL DP, SKID,
 	// key usage, basic constraints, SGX.
@@ -345,11 +354,11 @@ func (c *chain) collateral(now time.Time) (map[string]attest.PCSResponse, error)
 	}
 	rootCRL, err := crl(c.root, c.rootKey)
 	if err != nil {
-		return nil, fmt.Errorf("tdx: root CRL: %w", err)
+		return nil, fmt.Errorf("emulated tdx module: root CRL: %w", err)
 	}
 	pckCRL, err := crl(c.ca, c.caKey)
 	if err != nil {
-		return nil, fmt.Errorf("tdx: PCK CRL: %w", err)
+		return nil, fmt.Errorf("emulated tdx module: PCK CRL: %w", err)
 	}
 	chainHdr := func(inter *x509.Certificate) []string {
 		return []string{url.QueryEscape(string(certPEM(inter, c.root)))}
@@ -365,24 +374,24 @@ func (c *chain) collateral(now time.Time) (map[string]attest.PCSResponse, error)
 func keyPEM(k *ecdsa.PrivateKey) []byte {
 	der, err := x509.MarshalPKCS8PrivateKey(k)
 	if err != nil {
-		panic("tdx: marshal key: " + err.Error())
+		panic("emulated tdx module: marshal key: " + err.Error())
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
 
-// GenerateEmulatedRoot creates an emulated Intel root of trust in DIR/tdx:
+// GenerateRoot creates an emulated Intel root of trust in DIR/tdx:
 // "Intel SGX Root CA" -> "Intel SGX PCK Platform CA" -> "Intel SGX PCK
 // Certificate" (P-256, with the SGX extensions), an "Intel SGX TCB Signing"
 // key, and signed TCB info, QE identity and CRLs (pcs.json) that
 // go-tdx-guest verifies offline. Private keys are written 0600; everything
 // comes from crypto/rand. It refuses to overwrite an existing root.
-func GenerateEmulatedRoot(dir string) error {
+func GenerateRoot(dir string) error {
 	td := filepath.Join(dir, attest.EmulatedTDXDir)
 	if _, err := os.Stat(filepath.Join(td, attest.EmulatedIntelRootFile)); err == nil {
-		return fmt.Errorf("tdx: emulated root already exists in %s", td)
+		return fmt.Errorf("emulated tdx module: emulated root already exists in %s", td)
 	}
 	if err := os.MkdirAll(td, 0o700); err != nil {
-		return fmt.Errorf("tdx: %w", err)
+		return fmt.Errorf("emulated tdx module: %w", err)
 	}
 	c, err := newChain(time.Now())
 	if err != nil {
@@ -411,16 +420,16 @@ func GenerateEmulatedRoot(dir string) error {
 	}
 	for _, f := range files {
 		if err := os.WriteFile(filepath.Join(td, f.name), f.data, f.mode); err != nil {
-			return fmt.Errorf("tdx: %w", err)
+			return fmt.Errorf("emulated tdx module: %w", err)
 		}
 	}
 	return nil
 }
 
-// EmulatedModule plays the TDX module plus the TD quoting enclave of an
+// Module plays the TDX module plus the TD quoting enclave of an
 // emulated TDX platform: it signs TD quotes (v4) with an ECDSA P-256
 // attestation key that its QE report, signed by the PCK key, certifies.
-type EmulatedModule struct {
+type Module struct {
 	root, ca, pck *x509.Certificate
 	cfg           moduleConfig
 	pcs           map[string]attest.PCSResponse
@@ -431,24 +440,25 @@ type EmulatedModule struct {
 	mrSeam        []byte
 }
 
-// LoadEmulatedModule loads the emulated Intel root from DIR/tdx and
+// Load loads the emulated Intel root from DIR/tdx and
 // creates a fresh attestation key certified by a QE report.
-func LoadEmulatedModule(dir string) (*EmulatedModule, error) {
+func Load(dir string) (*Module, error) {
 	td := filepath.Join(dir, attest.EmulatedTDXDir)
 	var certs [3]*x509.Certificate
 	for i, name := range []string{attest.EmulatedIntelRootFile, pckCAFile, pckFile} {
-		c, err := readCert(filepath.Join(td, name))
+		c, err := pemfile.ReadCertificate(filepath.Join(td, name))
 		if err != nil {
 			return nil, err
 		}
 		certs[i] = c
 	}
-	pckKey, err := readKey(filepath.Join(td, pckKeyFile))
+	k, err := pemfile.ReadPrivateKey(filepath.Join(td, pckKeyFile))
 	if err != nil {
 		return nil, err
 	}
-	if !pckKey.PublicKey.Equal(certs[2].PublicKey) {
-		return nil, fmt.Errorf("tdx: %s does not match %s", pckKeyFile, pckFile)
+	pckKey, ok := k.(*ecdsa.PrivateKey)
+	if !ok || !pckKey.PublicKey.Equal(certs[2].PublicKey) {
+		return nil, fmt.Errorf("emulated tdx module: %s does not match %s", pckKeyFile, pckFile)
 	}
 	var cfg moduleConfig
 	if err := readJSON(filepath.Join(td, moduleFile), &cfg); err != nil {
@@ -461,9 +471,9 @@ func LoadEmulatedModule(dir string) (*EmulatedModule, error) {
 	return newModule(certs[0], certs[1], certs[2], pckKey, cfg, p)
 }
 
-// NewEmulatedModuleInMemory creates a fresh emulated Intel root and module
+// NewInMemory creates a fresh emulated Intel root and module
 // without touching the disk (tests and one-shot tools).
-func NewEmulatedModuleInMemory() (*EmulatedModule, error) {
+func NewInMemory() (*Module, error) {
 	c, err := newChain(time.Now())
 	if err != nil {
 		return nil, err
@@ -471,15 +481,15 @@ func NewEmulatedModuleInMemory() (*EmulatedModule, error) {
 	return newModule(c.root, c.ca, c.pck, c.pckKey, c.cfg, c.pcs)
 }
 
-func newModule(root, ca, pck *x509.Certificate, pckKey *ecdsa.PrivateKey, cfg moduleConfig, p map[string]attest.PCSResponse) (*EmulatedModule, error) {
-	m := &EmulatedModule{root: root, ca: ca, pck: pck, cfg: cfg, pcs: p}
+func newModule(root, ca, pck *x509.Certificate, pckKey *ecdsa.PrivateKey, cfg moduleConfig, p map[string]attest.PCSResponse) (*Module, error) {
+	m := &Module{root: root, ca: ca, pck: pck, cfg: cfg, pcs: p}
 	svn, err := hex.DecodeString(cfg.TeeTcbSvn)
 	if err != nil || len(svn) != 16 {
-		return nil, errors.New("tdx: module.json tee_tcb_svn must be 16 hex bytes")
+		return nil, errors.New("emulated tdx module: module.json tee_tcb_svn must be 16 hex bytes")
 	}
 	copy(m.teeTcbSvn[:], svn)
 	if m.mrSeam, err = hex.DecodeString(cfg.MRSEAM); err != nil || len(m.mrSeam) != 48 {
-		return nil, errors.New("tdx: module.json mr_seam must be 48 hex bytes")
+		return nil, errors.New("emulated tdx module: module.json mr_seam must be 48 hex bytes")
 	}
 	if m.attKey, err = p256(); err != nil {
 		return nil, err
@@ -503,7 +513,7 @@ func newModule(root, ca, pck *x509.Certificate, pckKey *ecdsa.PrivateKey, cfg mo
 	}
 	rawReport, err := abi.EnclaveReportToAbiBytes(report)
 	if err != nil {
-		return nil, fmt.Errorf("tdx: QE report: %w", err)
+		return nil, fmt.Errorf("emulated tdx module: QE report: %w", err)
 	}
 	sig, err := rawSign(pckKey, rawReport)
 	if err != nil {
@@ -524,13 +534,13 @@ func newModule(root, ca, pck *x509.Certificate, pckKey *ecdsa.PrivateKey, cfg mo
 
 // Roots returns the emulated root, with its offline collateral, as attest
 // roots (marked emulated).
-func (m *EmulatedModule) Roots() *attest.Roots {
+func (m *Module) Roots() *attest.Roots {
 	r, _ := attest.NewEmulatedRoots(nil, nil, m.root, m.pcs)
 	return r
 }
 
 // Root returns the emulated "Intel SGX Root CA" certificate.
-func (m *EmulatedModule) Root() *x509.Certificate { return m.root }
+func (m *Module) Root() *x509.Certificate { return m.root }
 
 // QuoteParams are the TD-specific fields of an emulated quote. A zero
 // TeeTcbSvn selects the platform default.
@@ -544,17 +554,13 @@ type QuoteParams struct {
 	TeeTcbSvn    [16]byte
 }
 
-// DefaultXFAM enables x87, SSE, AVX, AVX-512 and PKRU state, a common TD
-// configuration, when QuoteParams.XFAM is zero.
-const DefaultXFAM = 0x00000000000000e7
-
 // Quote returns a signed TD quote v4.
-func (m *EmulatedModule) Quote(q QuoteParams) ([]byte, error) {
+func (m *Module) Quote(q QuoteParams) ([]byte, error) {
 	if q.TeeTcbSvn == ([16]byte{}) {
 		q.TeeTcbSvn = m.teeTcbSvn
 	}
 	if q.XFAM == 0 {
-		q.XFAM = DefaultXFAM
+		q.XFAM = tdx.DefaultXFAM
 	}
 	le16 := func(v uint16) []byte { return binary.LittleEndian.AppendUint16(nil, v) }
 	le64 := func(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
@@ -575,11 +581,11 @@ func (m *EmulatedModule) Quote(q QuoteParams) ([]byte, error) {
 	}
 	hdr, err := abi.HeaderToAbiBytes(quote.Header)
 	if err != nil {
-		return nil, fmt.Errorf("tdx: quote header: %w", err)
+		return nil, fmt.Errorf("emulated tdx module: quote header: %w", err)
 	}
 	body, err := abi.TdQuoteBodyToAbiBytes(quote.TdQuoteBody)
 	if err != nil {
-		return nil, fmt.Errorf("tdx: quote body: %w", err)
+		return nil, fmt.Errorf("emulated tdx module: quote body: %w", err)
 	}
 	sig, err := rawSign(m.attKey, append(hdr, body...))
 	if err != nil {
@@ -596,13 +602,13 @@ func (m *EmulatedModule) Quote(q QuoteParams) ([]byte, error) {
 	quote.SignedDataSize = uint32(64 + 64 + 2 + 4 + qeSize)
 	raw, err := abi.QuoteToAbiBytes(quote)
 	if err != nil {
-		return nil, fmt.Errorf("tdx: encode quote: %w", err)
+		return nil, fmt.Errorf("emulated tdx module: encode quote: %w", err)
 	}
 	return raw, nil
 }
 
 // Evidence returns Trustee-form TDX evidence JSON (quote v4, no event log).
-func (m *EmulatedModule) Evidence(q QuoteParams) ([]byte, error) {
+func (m *Module) Evidence(q QuoteParams) ([]byte, error) {
 	raw, err := m.Quote(q)
 	if err != nil {
 		return nil, err
@@ -610,45 +616,17 @@ func (m *EmulatedModule) Evidence(q QuoteParams) ([]byte, error) {
 	return json.Marshal(attest.NewTDXEvidence(raw, nil))
 }
 
-func readCert(path string) (*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("tdx: %w", err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("tdx: %s: no PEM certificate", path)
-	}
-	return x509.ParseCertificate(blk.Bytes)
-}
+// maxCollateralFile bounds module.json and pcs.json (PCS collateral is a few KiB).
+const maxCollateralFile = 1 << 20
 
-func readKey(path string) (*ecdsa.PrivateKey, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("tdx: %w", err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("tdx: %s: no PEM private key", path)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("tdx: %s: %w", path, err)
-	}
-	ek, ok := k.(*ecdsa.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("tdx: %s: not an ECDSA key", path)
-	}
-	return ek, nil
-}
-
+// readJSON decodes the JSON file at path into v.
 func readJSON(path string, v any) error {
-	b, err := os.ReadFile(path)
+	b, err := boundedfile.Read(path, maxCollateralFile)
 	if err != nil {
-		return fmt.Errorf("tdx: %w", err)
+		return fmt.Errorf("emulated tdx module: %w", err)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("tdx: %s: %w", path, err)
+		return fmt.Errorf("emulated tdx module: %s: %w", path, err)
 	}
 	return nil
 }

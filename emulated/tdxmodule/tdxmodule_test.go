@@ -1,4 +1,4 @@
-package tdx
+package tdxmodule
 
 import (
 	"bytes"
@@ -27,7 +27,7 @@ func qparams() QuoteParams {
 
 func TestEmulatedTDXRootOnDisk(t *testing.T) {
 	dir := t.TempDir()
-	if err := GenerateEmulatedRoot(dir); err != nil {
+	if err := GenerateRoot(dir); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"root.key", "pck-ca.key", "pck.key", "tcb-signing.key"} {
@@ -36,10 +36,10 @@ func TestEmulatedTDXRootOnDisk(t *testing.T) {
 			t.Fatalf("%s: %v %v", name, fi.Mode(), err)
 		}
 	}
-	if err := GenerateEmulatedRoot(dir); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if err := GenerateRoot(dir); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("overwrite: %v", err)
 	}
-	m, err := LoadEmulatedModule(dir)
+	m, err := Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func hexs(b []byte) string {
 }
 
 func TestEmulatedTDXRootsTellApart(t *testing.T) {
-	m, err := NewEmulatedModuleInMemory()
+	m, err := NewInMemory()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestEmulatedTDXRootsTellApart(t *testing.T) {
 	}
 	pol.CheckRevocations = false
 	// Intel's real root (same subject name) and another emulated root refuse it.
-	other, err := NewEmulatedModuleInMemory()
+	other, err := NewInMemory()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestEmulatedTDXRootsTellApart(t *testing.T) {
 }
 
 func BenchmarkEmulatedTDXVerify(b *testing.B) {
-	m, err := NewEmulatedModuleInMemory()
+	m, err := NewInMemory()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func (p *pcsTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 func TestCollateralThroughFetcher(t *testing.T) {
-	m, err := NewEmulatedModuleInMemory()
+	m, err := NewInMemory()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,10 @@
-package sev
+// Package psp is an emulated AMD Platform Security Processor for
+// development and tests on machines without SEV-SNP: it signs real-format
+// attestation reports (and their VCEK certificates) under a locally generated
+// AMD-style ARK/ASK root, which a verifier accepts only when told to trust
+// that root. It is host-only: the measured init must never link it
+// (init/deps_test.go enforces it).
+package psp
 
 import (
 	"crypto"
@@ -13,8 +19,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
+	"github.com/krun-tee/krun-tee/internal/boundedfile"
+	"github.com/krun-tee/krun-tee/internal/pemfile"
+	"github.com/krun-tee/krun-tee/sev"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -43,9 +51,8 @@ const (
 	emulatedStepping    = 0x01
 )
 
-// DefaultPolicy is the SNP guest policy used when ReportParams.Policy is 0:
-// SMT allowed, the must-be-one bit 17 set, debug and migration agent off.
-const DefaultPolicy = 0x30000
+// maxConfigFile bounds psp.json.
+const maxConfigFile = 64 << 10
 
 // rsaBits is the ARK/ASK modulus size AMD uses.
 const rsaBits = 4096
@@ -76,26 +83,26 @@ func amdName(cn string) pkix.Name {
 
 func serial() (*big.Int, error) { return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127)) }
 
-// GenerateEmulatedRoot creates an emulated AMD root of trust in DIR/snp: a
+// GenerateRoot creates an emulated AMD root of trust in DIR/snp: a
 // self-signed ARK and an ASK (RSA-4096, RSA-PSS SHA-384 signatures as AMD
 // uses), their private keys (mode 0600) and the emulated platform's chip ID
 // and TCB. It refuses to overwrite an existing root. Everything comes from
 // crypto/rand.
-func GenerateEmulatedRoot(dir string) error {
+func GenerateRoot(dir string) error {
 	sd := filepath.Join(dir, attest.EmulatedSNPDir)
 	if _, err := os.Stat(filepath.Join(sd, attest.EmulatedARKFile)); err == nil {
-		return fmt.Errorf("sev: emulated root already exists in %s", sd)
+		return fmt.Errorf("emulated psp: emulated root already exists in %s", sd)
 	}
 	if err := os.MkdirAll(sd, 0o700); err != nil {
-		return fmt.Errorf("sev: %w", err)
+		return fmt.Errorf("emulated psp: %w", err)
 	}
 	arkKey, err := rsa.GenerateKey(rand.Reader, rsaBits)
 	if err != nil {
-		return fmt.Errorf("sev: ARK key: %w", err)
+		return fmt.Errorf("emulated psp: ARK key: %w", err)
 	}
 	askKey, err := rsa.GenerateKey(rand.Reader, rsaBits)
 	if err != nil {
-		return fmt.Errorf("sev: ASK key: %w", err)
+		return fmt.Errorf("emulated psp: ASK key: %w", err)
 	}
 	ark, ask, err := makeARKASK(arkKey, askKey, time.Now())
 	if err != nil {
@@ -103,11 +110,11 @@ func GenerateEmulatedRoot(dir string) error {
 	}
 	var chip [64]byte
 	if _, err := rand.Read(chip[:]); err != nil {
-		return fmt.Errorf("sev: chip id: %w", err)
+		return fmt.Errorf("emulated psp: chip id: %w", err)
 	}
 	tcb, err := kds.ComposeTCBParts(kds.TCBParts{BlSpl: 9, TeeSpl: 0, SnpSpl: 23, UcodeSpl: 72})
 	if err != nil {
-		return fmt.Errorf("sev: %w", err)
+		return fmt.Errorf("emulated psp: %w", err)
 	}
 	cfg := pspConfig{ProductLine: emulatedProductLine, ChipID: hex.EncodeToString(chip[:]), TCB: uint64(tcb), FWMajor: 1, FWMinor: 55, FWBuild: 40}
 	cfgJSON, _ := json.MarshalIndent(cfg, "", "  ")
@@ -124,7 +131,7 @@ func GenerateEmulatedRoot(dir string) error {
 	}
 	for _, f := range files {
 		if err := os.WriteFile(filepath.Join(sd, f.name), f.data, f.mode); err != nil {
-			return fmt.Errorf("sev: %w", err)
+			return fmt.Errorf("emulated psp: %w", err)
 		}
 	}
 	return nil
@@ -153,7 +160,7 @@ func makeARKASK(arkKey, askKey *rsa.PrivateKey, now time.Time) (ark, ask *x509.C
 	}
 	arkDER, err := x509.CreateCertificate(rand.Reader, arkTmpl, arkTmpl, &arkKey.PublicKey, arkKey)
 	if err != nil {
-		return nil, nil, fmt.Errorf("sev: ARK certificate: %w", err)
+		return nil, nil, fmt.Errorf("emulated psp: ARK certificate: %w", err)
 	}
 	if ark, err = x509.ParseCertificate(arkDER); err != nil {
 		return nil, nil, err
@@ -171,7 +178,7 @@ func makeARKASK(arkKey, askKey *rsa.PrivateKey, now time.Time) (ark, ask *x509.C
 	}
 	askDER, err := x509.CreateCertificate(rand.Reader, askTmpl, ark, &askKey.PublicKey, arkKey)
 	if err != nil {
-		return nil, nil, fmt.Errorf("sev: ASK certificate: %w", err)
+		return nil, nil, fmt.Errorf("emulated psp: ASK certificate: %w", err)
 	}
 	if ask, err = x509.ParseCertificate(askDER); err != nil {
 		return nil, nil, err
@@ -182,7 +189,7 @@ func makeARKASK(arkKey, askKey *rsa.PrivateKey, now time.Time) (ark, ask *x509.C
 func keyPEM(k crypto.Signer) []byte {
 	der, err := x509.MarshalPKCS8PrivateKey(k)
 	if err != nil {
-		panic("sev: marshal private key: " + err.Error()) // only fails for unsupported key types
+		panic("emulated psp: marshal private key: " + err.Error()) // only fails for unsupported key types
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
@@ -191,10 +198,10 @@ func certPEM(c *x509.Certificate) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 }
 
-// EmulatedPSP plays the AMD secure processor of an emulated SEV-SNP
+// PSP plays the AMD secure processor of an emulated SEV-SNP
 // platform: it mints VCEKs for (CHIP_ID, TCB) under its ASK and signs
 // attestation reports with them. It is safe for concurrent use.
-type EmulatedPSP struct {
+type PSP struct {
 	ark, ask *x509.Certificate
 	askKey   *rsa.PrivateKey
 	cfg      pspConfig
@@ -214,52 +221,52 @@ type vcek struct {
 	cert *x509.Certificate
 }
 
-// LoadEmulatedPSP loads the emulated AMD root from DIR/snp.
-func LoadEmulatedPSP(dir string) (*EmulatedPSP, error) {
+// Load loads the emulated AMD root from DIR/snp.
+func Load(dir string) (*PSP, error) {
 	sd := filepath.Join(dir, attest.EmulatedSNPDir)
-	ark, err := readCert(filepath.Join(sd, attest.EmulatedARKFile))
+	ark, err := pemfile.ReadCertificate(filepath.Join(sd, attest.EmulatedARKFile))
 	if err != nil {
 		return nil, err
 	}
-	ask, err := readCert(filepath.Join(sd, attest.EmulatedASKFile))
+	ask, err := pemfile.ReadCertificate(filepath.Join(sd, attest.EmulatedASKFile))
 	if err != nil {
 		return nil, err
 	}
-	k, err := readKey(filepath.Join(sd, askKeyFile))
+	k, err := pemfile.ReadPrivateKey(filepath.Join(sd, askKeyFile))
 	if err != nil {
 		return nil, err
 	}
 	askKey, ok := k.(*rsa.PrivateKey)
 	if !ok || !askKey.PublicKey.Equal(ask.PublicKey) {
-		return nil, fmt.Errorf("sev: %s does not hold the ASK's RSA private key", filepath.Join(sd, askKeyFile))
+		return nil, fmt.Errorf("emulated psp: %s does not hold the ASK's RSA private key", filepath.Join(sd, askKeyFile))
 	}
-	b, err := os.ReadFile(filepath.Join(sd, pspFile))
+	b, err := boundedfile.Read(filepath.Join(sd, pspFile), maxConfigFile)
 	if err != nil {
-		return nil, fmt.Errorf("sev: %w", err)
+		return nil, fmt.Errorf("emulated psp: %w", err)
 	}
 	var cfg pspConfig
 	if err := json.Unmarshal(b, &cfg); err != nil {
-		return nil, fmt.Errorf("sev: %s: %w", pspFile, err)
+		return nil, fmt.Errorf("emulated psp: %s: %w", pspFile, err)
 	}
 	return newPSP(ark, ask, askKey, cfg)
 }
 
-func newPSP(ark, ask *x509.Certificate, askKey *rsa.PrivateKey, cfg pspConfig) (*EmulatedPSP, error) {
+func newPSP(ark, ask *x509.Certificate, askKey *rsa.PrivateKey, cfg pspConfig) (*PSP, error) {
 	chip, err := hex.DecodeString(cfg.ChipID)
 	if err != nil || len(chip) != 64 {
-		return nil, fmt.Errorf("sev: emulated PSP chip_id must be 64 hex bytes")
+		return nil, fmt.Errorf("emulated psp: emulated PSP chip_id must be 64 hex bytes")
 	}
 	if cfg.ProductLine != emulatedProductLine {
-		return nil, fmt.Errorf("sev: emulated PSP product line %q unsupported", cfg.ProductLine)
+		return nil, fmt.Errorf("emulated psp: emulated PSP product line %q unsupported", cfg.ProductLine)
 	}
-	p := &EmulatedPSP{ark: ark, ask: ask, askKey: askKey, cfg: cfg, vceks: map[vcekID]*vcek{}}
+	p := &PSP{ark: ark, ask: ask, askKey: askKey, cfg: cfg, vceks: map[vcekID]*vcek{}}
 	copy(p.chipID[:], chip)
 	return p, nil
 }
 
-// NewEmulatedPSPInMemory creates a fresh emulated root and PSP without
+// NewInMemory creates a fresh emulated root and PSP without
 // touching the disk (for tests and one-shot tools).
-func NewEmulatedPSPInMemory() (*EmulatedPSP, error) {
+func NewInMemory() (*PSP, error) {
 	arkKey, err := rsa.GenerateKey(rand.Reader, rsaBits)
 	if err != nil {
 		return nil, err
@@ -281,24 +288,24 @@ func NewEmulatedPSPInMemory() (*EmulatedPSP, error) {
 }
 
 // Roots returns the emulated root as attest roots (marked emulated).
-func (p *EmulatedPSP) Roots() *attest.Roots {
+func (p *PSP) Roots() *attest.Roots {
 	r, _ := attest.NewEmulatedRoots(p.ark, p.ask, nil, nil)
 	return r
 }
 
 // ARK returns the emulated root certificate.
-func (p *EmulatedPSP) ARK() *x509.Certificate { return p.ark }
+func (p *PSP) ARK() *x509.Certificate { return p.ark }
 
 // ChipID returns the platform's default CHIP_ID.
-func (p *EmulatedPSP) ChipID() [64]byte { return p.chipID }
+func (p *PSP) ChipID() [64]byte { return p.chipID }
 
 // TCB returns the platform's default TCB_VERSION.
-func (p *EmulatedPSP) TCB() uint64 { return p.cfg.TCB }
+func (p *PSP) TCB() uint64 { return p.cfg.TCB }
 
 // VCEK returns (minting on first use) the VCEK certificate for a chip and
 // TCB, with the AMD KDS extensions (TCB SPLs, HWID, product name) set to
 // match, as validation requires.
-func (p *EmulatedPSP) VCEK(chip [64]byte, tcb uint64) (*x509.Certificate, error) {
+func (p *PSP) VCEK(chip [64]byte, tcb uint64) (*x509.Certificate, error) {
 	v, err := p.vcek(chip, tcb)
 	if err != nil {
 		return nil, err
@@ -306,7 +313,7 @@ func (p *EmulatedPSP) VCEK(chip [64]byte, tcb uint64) (*x509.Certificate, error)
 	return v.cert, nil
 }
 
-func (p *EmulatedPSP) vcek(chip [64]byte, tcb uint64) (*vcek, error) {
+func (p *PSP) vcek(chip [64]byte, tcb uint64) (*vcek, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	id := vcekID{chip, tcb}
@@ -315,7 +322,7 @@ func (p *EmulatedPSP) vcek(chip [64]byte, tcb uint64) (*vcek, error) {
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("sev: VCEK key: %w", err)
+		return nil, fmt.Errorf("emulated psp: VCEK key: %w", err)
 	}
 	cert, err := p.certifyVCEK(&key.PublicKey, chip, tcb)
 	if err != nil {
@@ -328,7 +335,7 @@ func (p *EmulatedPSP) vcek(chip [64]byte, tcb uint64) (*vcek, error) {
 
 // certifyVCEK issues a VCEK certificate for pub under the ASK, with KDS
 // extensions for chip (HWID) and tcb.
-func (p *EmulatedPSP) certifyVCEK(pub *ecdsa.PublicKey, chip [64]byte, tcb uint64) (*x509.Certificate, error) {
+func (p *PSP) certifyVCEK(pub *ecdsa.PublicKey, chip [64]byte, tcb uint64) (*x509.Certificate, error) {
 	parts := kds.DecomposeTCBVersion(kds.TCBVersion(tcb))
 	u8 := func(v uint8) []byte { b, _ := asn1.Marshal(int(v)); return b }
 	ia5 := func(s string) []byte { b, _ := asn1.MarshalWithParams(s, "ia5"); return b }
@@ -362,7 +369,7 @@ func (p *EmulatedPSP) certifyVCEK(pub *ecdsa.PublicKey, chip [64]byte, tcb uint6
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ask, pub, p.askKey)
 	if err != nil {
-		return nil, fmt.Errorf("sev: VCEK certificate: %w", err)
+		return nil, fmt.Errorf("emulated psp: VCEK certificate: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
@@ -385,9 +392,9 @@ type ReportParams struct {
 
 // Report returns a signed 1184-byte ATTESTATION_REPORT (version 3) and the
 // VCEK that signed it.
-func (p *EmulatedPSP) Report(r ReportParams) ([]byte, *x509.Certificate, error) {
+func (p *PSP) Report(r ReportParams) ([]byte, *x509.Certificate, error) {
 	if r.Policy == 0 {
-		r.Policy = DefaultPolicy
+		r.Policy = sev.DefaultPolicy
 	}
 	if r.TCB == 0 {
 		r.TCB = p.cfg.TCB
@@ -396,7 +403,7 @@ func (p *EmulatedPSP) Report(r ReportParams) ([]byte, *x509.Certificate, error) 
 		r.ChipID = p.chipID
 	}
 	if r.VMPL > 3 {
-		return nil, nil, fmt.Errorf("sev: VMPL %d out of range 0..3", r.VMPL)
+		return nil, nil, fmt.Errorf("emulated psp: VMPL %d out of range 0..3", r.VMPL)
 	}
 	v, err := p.vcek(r.ChipID, r.TCB)
 	if err != nil {
@@ -447,7 +454,7 @@ func (p *EmulatedPSP) Report(r ReportParams) ([]byte, *x509.Certificate, error) 
 	digest := sha512.Sum384(raw[:attest.SNPSignedSize])
 	sr, ss, err := ecdsa.Sign(rand.Reader, v.key, digest[:])
 	if err != nil {
-		return nil, nil, fmt.Errorf("sev: sign report: %w", err)
+		return nil, nil, fmt.Errorf("emulated psp: sign report: %w", err)
 	}
 	putLE(raw[attest.SNPSignedSize:attest.SNPSignedSize+72], sr)
 	putLE(raw[attest.SNPSignedSize+72:attest.SNPSignedSize+144], ss)
@@ -456,7 +463,7 @@ func (p *EmulatedPSP) Report(r ReportParams) ([]byte, *x509.Certificate, error) 
 
 // Evidence returns Trustee-form SNP evidence JSON: the signed report as
 // named fields and a cert_chain holding the VCEK.
-func (p *EmulatedPSP) Evidence(r ReportParams) ([]byte, error) {
+func (p *PSP) Evidence(r ReportParams) ([]byte, error) {
 	raw, cert, err := p.Report(r)
 	if err != nil {
 		return nil, err
@@ -483,36 +490,4 @@ func bytesOf(v byte, n int) []byte {
 		b[i] = v
 	}
 	return b
-}
-
-func readCert(path string) (*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("sev: %w", err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("sev: %s: no PEM certificate", path)
-	}
-	return x509.ParseCertificate(blk.Bytes)
-}
-
-func readKey(path string) (crypto.Signer, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("sev: %w", err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("sev: %s: no PEM private key", path)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("sev: %s: %w", path, err)
-	}
-	s, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, errors.New("sev: key cannot sign")
-	}
-	return s, nil
 }

@@ -1,4 +1,4 @@
-package sev
+package psp
 
 import (
 	"bytes"
@@ -12,28 +12,29 @@ import (
 	"testing"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/sev"
 )
 
 var (
 	pspOnce sync.Once
 	pspDir  string
-	psp     *EmulatedPSP
+	psp     *PSP
 	pspErr  error
 )
 
 // testPSP generates one emulated root on disk per test binary (RSA-4096
 // key generation is the slow part) and loads it.
-func testPSP(t testing.TB) (*EmulatedPSP, string) {
+func testPSP(t testing.TB) (*PSP, string) {
 	t.Helper()
 	pspOnce.Do(func() {
 		pspDir, pspErr = os.MkdirTemp("", "krun-tee-sev-root")
 		if pspErr != nil {
 			return
 		}
-		if pspErr = GenerateEmulatedRoot(pspDir); pspErr != nil {
+		if pspErr = GenerateRoot(pspDir); pspErr != nil {
 			return
 		}
-		psp, pspErr = LoadEmulatedPSP(pspDir)
+		psp, pspErr = Load(pspDir)
 	})
 	if pspErr != nil {
 		t.Fatal(pspErr)
@@ -68,7 +69,7 @@ func TestEmulatedRootFiles(t *testing.T) {
 			t.Errorf("%s mode %v, want %v", name, fi.Mode().Perm(), mode)
 		}
 	}
-	if err := GenerateEmulatedRoot(dir); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if err := GenerateRoot(dir); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("overwrite: %v", err)
 	}
 	roots, err := attest.LoadEmulatedRoots(dir)
@@ -105,7 +106,7 @@ func TestEmulatedEvidenceVerifies(t *testing.T) {
 	if _, err := attest.Verify(attest.SNP, ev, pol); err == nil {
 		t.Fatal("emulated evidence verified with AMD's roots")
 	}
-	other, err := NewEmulatedPSPInMemory()
+	other, err := NewInMemory()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +125,7 @@ func TestEmulatedReportLayout(t *testing.T) {
 	p, _ := testPSP(t)
 	rp := params()
 	rp.VMPL = 2
-	rp.Policy = DefaultPolicy | 1<<19
+	rp.Policy = sev.DefaultPolicy | 1<<19
 	raw, cert, err := p.Report(rp)
 	if err != nil {
 		t.Fatal(err)
