@@ -7,17 +7,19 @@ import (
 	"os/signal"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/krun-tee/krun-tee/init/confidential"
 	"github.com/krun-tee/krun-tee/init/stages"
 	"github.com/krun-tee/krun-tee/init/workload"
-	"golang.org/x/sys/unix"
+	"github.com/krun-tee/krun-tee/internal/boundedfile"
 )
 
 // newRoot is where the root disk is mounted before init switches to it.
 const newRoot = "/newroot"
 
-// maxCmdlineRead bounds the read of /proc/cmdline.
-const maxCmdlineRead = maxCmdline + 1
+// maxWorkloadConfig bounds the workload configuration read from the root disk.
+const maxWorkloadConfig = 1 << 20
 
 // guest tracks which shutdown steps are owed.
 type guest struct {
@@ -74,7 +76,7 @@ func (g *guest) boot() (int, error) {
 	// The first moment the port device exists (devtmpfs is mounted); the
 	// mounts before it take a few milliseconds.
 	g.reached(stages.InitStarted)
-	raw, err := readBounded("/proc/cmdline", maxCmdlineRead)
+	raw, err := boundedfile.Read("/proc/cmdline", maxCmdline)
 	if err != nil {
 		return 0, fail("setup", statusSetup, err)
 	}
@@ -101,7 +103,7 @@ func (g *guest) boot() (int, error) {
 	g.reached(stages.RootMounted)
 	g.rootMounted = true
 
-	data, err := readBounded(newRoot+workload.Path, 1<<20+1)
+	data, err := boundedfile.Read(newRoot+workload.Path, maxWorkloadConfig)
 	if err != nil {
 		return 0, fail("config", statusConfig, err)
 	}
@@ -171,23 +173,6 @@ func mountBase() error {
 		}
 	}
 	return nil
-}
-
-// readBounded reads at most limit-1 bytes of name, failing if it is larger.
-func readBounded(name string, limit int64) ([]byte, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
-	}
-	if int64(len(data)) >= limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", name, limit-1)
-	}
-	return data, nil
 }
 
 // shutdown flushes and detaches the root, reports status to the VMM and
