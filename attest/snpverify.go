@@ -87,33 +87,51 @@ func snpProductLine(r *SNPReport, ek *x509.Certificate, signer abi.ReportSigner)
 	return pl, pl, nil
 }
 
-// VerifySNP verifies parsed SNP evidence against p.
+// VerifySNP verifies parsed SNP evidence against p, in the order go-sev-guest
+// separates them: first that the report is genuine (verifySNPReport: the
+// endorsement key's chain to a trusted AMD root and the report signature),
+// then that it is acceptable (validateSNP: the policy), and only then does
+// it return the claims.
 func VerifySNP(ev *SNPEvidence, p Policy) (*Claims, error) {
 	if err := p.check(SNP); err != nil {
 		return nil, err
 	}
-	rep := &ev.Report
-	if rep.Version < 2 || rep.Version > 5 {
-		return nil, fmt.Errorf("attest: snp: report version %d not supported (want 2..5)", rep.Version)
-	}
-	raw, err := rep.Raw()
+	v, err := verifySNPReport(ev, p)
 	if err != nil {
 		return nil, err
 	}
-	var signer abi.ReportSigner
-	var ekDER []byte
-	switch (rep.KeyInfo >> 2) & 7 {
-	case snpSignerVCEK:
-		signer, ekDER = abi.VcekReportSigner, ev.Cert("VCEK")
-	case snpSignerVLEK:
-		signer, ekDER = abi.VlekReportSigner, ev.Cert("VLEK")
-	default:
-		return nil, fmt.Errorf("attest: snp: report signed by key kind %d, want VCEK or VLEK", (rep.KeyInfo>>2)&7)
+	if err := validateSNP(v, p); err != nil {
+		return nil, err
 	}
-	if ekDER == nil && p.Fetcher == nil {
-		return nil, fmt.Errorf("attest: snp: evidence carries no %v certificate and fetching is disabled", signer)
-	}
+	return v.claims(), nil
+}
 
+// snpVerified is an SNP report whose signature and certificate chain have
+// been checked; nothing about it has been compared with a policy yet.
+type snpVerified struct {
+	rep    *SNPReport
+	att    *spb.Attestation // what go-sev-guest validates
+	signer abi.ReportSigner
+	ek     *x509.Certificate // the VCEK or VLEK that signed the report
+	anchor *amdRoot          // the trusted root the chain ends in
+}
+
+// snpSigner returns which key kind signed the report and the DER of its
+// certificate when the evidence carries one.
+func snpSigner(ev *SNPEvidence) (abi.ReportSigner, []byte, error) {
+	switch kind := (ev.Report.KeyInfo >> 2) & 7; kind {
+	case snpSignerVCEK:
+		return abi.VcekReportSigner, ev.Cert("VCEK"), nil
+	case snpSignerVLEK:
+		return abi.VlekReportSigner, ev.Cert("VLEK"), nil
+	default:
+		return 0, nil, fmt.Errorf("attest: snp: report signed by key kind %d, want VCEK or VLEK", kind)
+	}
+}
+
+// snpAttestation converts the raw report and endorsement certificate to the
+// protobuf go-sev-guest verifies.
+func snpAttestation(raw []byte, signer abi.ReportSigner, ekDER []byte) (*spb.Attestation, error) {
 	var pb *spb.Report
 	if err := safely("snp report", func() error {
 		var err error
@@ -128,36 +146,18 @@ func VerifySNP(ev *SNPEvidence, p Policy) (*Claims, error) {
 	} else {
 		att.CertificateChain.VlekCert = ekDER
 	}
+	return att, nil
+}
 
-	var ek *x509.Certificate
-	if ekDER != nil {
-		if ek, err = x509.ParseCertificate(ekDER); err != nil {
-			return nil, fmt.Errorf("attest: snp: %v certificate: %w", signer, err)
-		}
-	}
-	libKey, productLine := "", ""
-	if ek != nil {
-		if libKey, productLine, err = snpProductLine(rep, ek, signer); err != nil {
-			return nil, err
-		}
-	} else {
-		fam, model, step := uint8(0), uint8(0), uint8(0)
-		if rep.CPUIDFamID != nil {
-			fam, model, step = *rep.CPUIDFamID, *rep.CPUIDModID, *rep.CPUIDStep
-		}
-		libKey = kds.ProductLineFromFms(abi.FmsToCpuid1Eax(fam, model, step))
-		productLine = libKey
-	}
-
-	// Roots for this product line only, with ProductLine set (the library
-	// checks the VCEK issuer CN against "SEV-<ProductLine>").
+// snpRoots returns the trusted roots that may anchor a report from
+// productLine signed by signer, and the same roots keyed as go-sev-guest
+// looks them up (libKey; ProductLine is set because the library checks the
+// VCEK issuer CN against "SEV-<ProductLine>").
+func snpRoots(r *Roots, libKey, productLine string, signer abi.ReportSigner) ([]amdRoot, map[string][]*trust.AMDRootCerts, error) {
 	var candidates []amdRoot
 	trusted := map[string][]*trust.AMDRootCerts{}
-	for _, a := range p.Roots.amd {
-		if a.productLine != productLine {
-			continue
-		}
-		if signer == abi.VlekReportSigner && a.asvk == nil {
+	for _, a := range r.amd {
+		if a.productLine != productLine || signer == abi.VlekReportSigner && a.asvk == nil {
 			continue
 		}
 		candidates = append(candidates, a)
@@ -167,8 +167,79 @@ func VerifySNP(ev *SNPEvidence, p Policy) (*Claims, error) {
 		})
 	}
 	if len(candidates) == 0 {
-		return nil, fmt.Errorf("attest: snp: no trusted %s root for a %v-signed report", productLine, signer)
+		return nil, nil, fmt.Errorf("attest: snp: no trusted %s root for a %v-signed report", productLine, signer)
 	}
+	return candidates, trusted, nil
+}
+
+// snpLibKey returns the product line key go-sev-guest uses and the real
+// product line, from the endorsement key when there is one and otherwise
+// from the report's CPUID fields.
+func snpLibKey(rep *SNPReport, ek *x509.Certificate, signer abi.ReportSigner) (libKey, productLine string, err error) {
+	if ek != nil {
+		return snpProductLine(rep, ek, signer)
+	}
+	fam, model, step := uint8(0), uint8(0), uint8(0)
+	if rep.CPUIDFamID != nil {
+		fam, model, step = *rep.CPUIDFamID, *rep.CPUIDModID, *rep.CPUIDStep
+	}
+	libKey = kds.ProductLineFromFms(abi.FmsToCpuid1Eax(fam, model, step))
+	return libKey, libKey, nil
+}
+
+// verifySNPReport checks that the report is genuine: its endorsement key
+// chains to one of p's trusted roots (fetching the certificate when the
+// evidence lacks it and p allows) and signed the exact report bytes.
+func verifySNPReport(ev *SNPEvidence, p Policy) (*snpVerified, error) {
+	rep := &ev.Report
+	if rep.Version < 2 || rep.Version > 5 {
+		return nil, fmt.Errorf("attest: snp: report version %d not supported (want 2..5)", rep.Version)
+	}
+	raw, err := rep.Raw()
+	if err != nil {
+		return nil, err
+	}
+	signer, ekDER, err := snpSigner(ev)
+	if err != nil {
+		return nil, err
+	}
+	if ekDER == nil && p.Fetcher == nil {
+		return nil, fmt.Errorf("attest: snp: evidence carries no %v certificate and fetching is disabled", signer)
+	}
+	att, err := snpAttestation(raw, signer, ekDER)
+	if err != nil {
+		return nil, err
+	}
+	v := &snpVerified{rep: rep, att: att, signer: signer}
+	if ekDER != nil {
+		if v.ek, err = x509.ParseCertificate(ekDER); err != nil {
+			return nil, fmt.Errorf("attest: snp: %v certificate: %w", signer, err)
+		}
+	}
+	libKey, productLine, err := snpLibKey(rep, v.ek, signer)
+	if err != nil {
+		return nil, err
+	}
+	candidates, trusted, err := snpRoots(p.Roots, libKey, productLine, signer)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSNPChain(v, raw, trusted, p); err != nil {
+		return nil, err
+	}
+	if v.anchor = snpAnchor(candidates, v.ek, signer); v.anchor == nil {
+		// verify accepted the chain, so this cannot happen; refuse anyway.
+		return nil, errors.New("attest: snp: could not identify the root that anchored the chain")
+	}
+	return v, nil
+}
+
+// checkSNPChain runs go-sev-guest's chain and signature verification, then
+// checks the signature over the exact report bytes too: the library checks
+// it over the report re-encoded from its protobuf, which drops bits it does
+// not model (e.g. the high bits of CPUID stepping). It sets v.ek when the
+// endorsement certificate was fetched.
+func checkSNPChain(v *snpVerified, raw []byte, trusted map[string][]*trust.AMDRootCerts, p Policy) error {
 	// Options are built per request: the library caches CRLs against Now.
 	vopts := &verify.Options{
 		TrustedRoots:        trusted,
@@ -180,26 +251,45 @@ func VerifySNP(ev *SNPEvidence, p Policy) (*Claims, error) {
 	if p.Fetcher != nil {
 		vopts.Getter = sevGetter{p.Fetcher}
 	}
-	if err := safely("snp verify", func() error { return verify.SnpAttestation(att, vopts) }); err != nil {
-		return nil, fmt.Errorf("attest: snp: signature or certificate chain rejected: %w", err)
+	if err := safely("snp verify", func() error { return verify.SnpAttestation(v.att, vopts) }); err != nil {
+		return fmt.Errorf("attest: snp: signature or certificate chain rejected: %w", err)
 	}
-	// After a fetch the endorsement key may have come from KDS.
-	if ek == nil {
-		der := att.GetCertificateChain().GetVcekCert()
-		if signer == abi.VlekReportSigner {
-			der = att.GetCertificateChain().GetVlekCert()
+	if v.ek == nil { // fetched from the KDS
+		der := v.att.GetCertificateChain().GetVcekCert()
+		if v.signer == abi.VlekReportSigner {
+			der = v.att.GetCertificateChain().GetVlekCert()
 		}
-		if ek, err = x509.ParseCertificate(der); err != nil {
-			return nil, fmt.Errorf("attest: snp: fetched %v certificate: %w", signer, err)
+		var err error
+		if v.ek, err = x509.ParseCertificate(der); err != nil {
+			return fmt.Errorf("attest: snp: fetched %v certificate: %w", v.signer, err)
 		}
 	}
-	// go-sev-guest checks the signature over the report re-encoded from its
-	// protobuf, which drops bits it does not model (e.g. the high bits of
-	// CPUID stepping). Check it over the exact bytes as well.
-	if err := safely("snp signature", func() error { return verify.SnpReportSignature(raw, ek) }); err != nil {
-		return nil, fmt.Errorf("attest: snp: report signature rejected: %w", err)
+	if err := safely("snp signature", func() error { return verify.SnpReportSignature(raw, v.ek) }); err != nil {
+		return fmt.Errorf("attest: snp: report signature rejected: %w", err)
 	}
+	return nil
+}
 
+// snpAnchor returns the candidate root whose ASK (or ASVK for a VLEK)
+// issued ek, or nil.
+func snpAnchor(candidates []amdRoot, ek *x509.Certificate, signer abi.ReportSigner) *amdRoot {
+	for i := range candidates {
+		ica := candidates[i].ask
+		if signer == abi.VlekReportSigner {
+			ica = candidates[i].asvk
+		}
+		if ek.CheckSignatureFrom(ica) == nil {
+			return &candidates[i]
+		}
+	}
+	return nil
+}
+
+// validateSNP checks a verified report against the policy: go-sev-guest's
+// validation (guest policy, REPORT_DATA, HOST_DATA, minimum TCB, VMPL,
+// provisional firmware), then VMPL 0, debug and the measurement again here
+// so the policy holds even if the library's checks change.
+func validateSNP(v *snpVerified, p Policy) error {
 	vmpl := 0
 	valopts := &validate.Options{
 		GuestPolicy: abi.SnpPolicy{
@@ -214,44 +304,36 @@ func VerifySNP(ev *SNPEvidence, p Policy) (*Claims, error) {
 
 		PermitProvisionalFirmware: p.AllowProvisionalFirmware,
 	}
-	if err := safely("snp validate", func() error { return validate.SnpAttestation(att, valopts) }); err != nil {
-		return nil, fmt.Errorf("attest: snp: report refused by policy: %w", err)
+	if err := safely("snp validate", func() error { return validate.SnpAttestation(v.att, valopts) }); err != nil {
+		return fmt.Errorf("attest: snp: report refused by policy: %w", err)
 	}
-	// Checked here as well, so the policy holds even if the library's
-	// checks change: VMPL 0, debug, measurement.
+	rep := v.rep
 	if rep.VMPL != 0 {
-		return nil, fmt.Errorf("attest: snp: report from VMPL %d, want 0", rep.VMPL)
+		return fmt.Errorf("attest: snp: report from VMPL %d, want 0", rep.VMPL)
 	}
 	if rep.Policy&snpPolicyDebug != 0 && !p.AllowDebug {
-		return nil, errors.New("attest: snp: guest policy allows debugging")
+		return errors.New("attest: snp: guest policy allows debugging")
 	}
 	if !p.measurementAllowed(rep.Measurement) {
-		return nil, fmt.Errorf("attest: snp: measurement %s is not allowed by the policy", hexs(rep.Measurement))
+		return fmt.Errorf("attest: snp: measurement %s is not allowed by the policy", hexs(rep.Measurement))
 	}
+	return nil
+}
 
-	var anchor *amdRoot
-	for i := range candidates {
-		ica := candidates[i].ask
-		if signer == abi.VlekReportSigner {
-			ica = candidates[i].asvk
-		}
-		if ek.CheckSignatureFrom(ica) == nil {
-			anchor = &candidates[i]
-			break
-		}
+// snpTCB converts a report TCB to the claims' form.
+func snpTCB(t SNPTCB) TCB {
+	out := TCB{Bootloader: t.Bootloader, TEE: t.TEE, SNP: t.SNP, Microcode: t.Microcode}
+	if t.FMC != nil {
+		out.FMC = *t.FMC
 	}
-	if anchor == nil { // verify accepted it, so this cannot happen; refuse anyway
-		return nil, errors.New("attest: snp: could not identify the root that anchored the chain")
-	}
-	tcb := func(t SNPTCB) TCB {
-		out := TCB{Bootloader: t.Bootloader, TEE: t.TEE, SNP: t.SNP, Microcode: t.Microcode}
-		if t.FMC != nil {
-			out.FMC = *t.FMC
-		}
-		return out
-	}
+	return out
+}
+
+// claims returns what the verified and validated report establishes.
+func (v *snpVerified) claims() *Claims {
+	rep := v.rep
 	signerName := "VCEK"
-	if signer == abi.VlekReportSigner {
+	if v.signer == abi.VlekReportSigner {
 		signerName = "VLEK"
 	}
 	return &Claims{
@@ -260,12 +342,12 @@ func VerifySNP(ev *SNPEvidence, p Policy) (*Claims, error) {
 		ReportData:      hexs(rep.ReportData),
 		HostData:        hexs(rep.HostData),
 		Debug:           rep.Policy&snpPolicyDebug != 0,
-		TCB:             tcb(rep.ReportedTCB),
-		Emulated:        anchor.emulated,
-		RootFingerprint: Fingerprint(anchor.ark),
+		TCB:             snpTCB(rep.ReportedTCB),
+		Emulated:        v.anchor.emulated,
+		RootFingerprint: Fingerprint(v.anchor.ark),
 		SNP: &SNPClaims{
 			Version:      rep.Version,
-			ProductLine:  anchor.productLine,
+			ProductLine:  v.anchor.productLine,
 			Signer:       signerName,
 			VMPL:         rep.VMPL,
 			Policy:       rep.Policy,
@@ -276,9 +358,9 @@ func VerifySNP(ev *SNPEvidence, p Policy) (*Claims, error) {
 			ImageID:      hexs(rep.ImageID),
 			ChipID:       hexs(rep.ChipID),
 			PlatformInfo: rep.PlatInfo,
-			CurrentTCB:   tcb(rep.CurrentTCB),
-			LaunchTCB:    tcb(rep.LaunchTCB),
+			CurrentTCB:   snpTCB(rep.CurrentTCB),
+			LaunchTCB:    snpTCB(rep.LaunchTCB),
 			Firmware:     fmt.Sprintf("%d.%d.%d", rep.Current.Major, rep.Current.Minor, rep.Current.Build),
 		},
-	}, nil
+	}
 }
