@@ -216,8 +216,8 @@ type tdxVerified struct {
 
 // verifyTDXQuote checks that the quote is genuine: its PCK chain ends in one
 // of p's trusted roots (told apart by key: Intel's real and our emulated
-// roots share a subject name) and go-tdx-guest accepts
-// its signatures and, when there is collateral, the TCB status.
+// roots share a subject name) and go-tdx-guest accepts its signatures and,
+// when there is collateral, the TCB status.
 func verifyTDXQuote(ev *TDXEvidence, p Policy) (*tdxVerified, error) {
 	raw, err := ev.RawQuote()
 	if err != nil {
