@@ -160,69 +160,26 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, ready func(addr net
 	if log == nil {
 		log = slog.Default()
 	}
-	kek, err := LoadKEK(cfg.KEKFile, cfg.KEKEnv)
+	opts, err := cfg.serverOptions(log)
 	if err != nil {
 		return err
-	}
-	sealer, err := NewSealer(kek)
-	clear(kek)
-	if err != nil {
-		return err
-	}
-	roots, err := cfg.Roots(log)
-	if err != nil {
-		return err
-	}
-	var admin *AdminVerifier
-	if cfg.AdminPublicKey != "" {
-		if admin, err = LoadAdminPublicKey(cfg.AdminPublicKey); err != nil {
-			return err
-		}
-	} else {
-		log.Warn("kbs: no admin_public_key configured; every admin call will be refused")
-	}
-	var tokenKey []byte
-	if cfg.TokenKeyFile != "" {
-		if tokenKey, err = pemfile.Read(cfg.TokenKeyFile, "PRIVATE KEY"); err != nil {
-			return fmt.Errorf("kbs: token key: %w", err)
-		}
 	}
 	store, err := cfg.OpenStore(ctx)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-	srv, err := NewServer(ctx, ServerOptions{Store: store, Sealer: sealer, Verifier: &AttestVerifier{Roots: roots},
-		Admin: admin, TokenKey: tokenKey, SessionLifetime: time.Duration(cfg.SessionLifetime), MaxBody: cfg.MaxBodyBytes, Logger: log})
+	opts.Store = store
+	srv, err := NewServer(ctx, opts)
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, hs, err := cfg.listen(srv, log)
 	if err != nil {
-		return fmt.Errorf("kbs: listen: %w", err)
-	}
-	hs := &http.Server{
-		Handler:           srv.Handler(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      15 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    32 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	if cfg.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("kbs: tls: %w", err)
-		}
-		hs.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
-		ln = tls.NewListener(ln, hs.TLSConfig)
-	} else {
-		log.Warn("kbs: serving plain HTTP; use only on loopback or behind a vsock proxy with TLS inside", "listen", ln.Addr().String())
+		return err
 	}
 	log.Info("kbs listening", "addr", ln.Addr().String(), "tls", cfg.TLSCert != "", "store", cfg.Store.Type,
-		"admin", admin != nil, "emulated_roots", len(cfg.EmulatedRoots))
+		"admin", opts.Admin != nil, "emulated_roots", len(cfg.EmulatedRoots))
 	if ready != nil {
 		ready(ln.Addr())
 	}
@@ -241,6 +198,70 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, ready func(addr net
 		return fmt.Errorf("kbs: shutdown: %w", err)
 	}
 	return nil
+}
+
+// serverOptions loads what the configuration names (the key-encryption key,
+// trusted roots, admin public key, token key) into server options without a
+// store.
+func (c *Config) serverOptions(log *slog.Logger) (ServerOptions, error) {
+	kek, err := LoadKEK(c.KEKFile, c.KEKEnv)
+	if err != nil {
+		return ServerOptions{}, err
+	}
+	sealer, err := NewSealer(kek)
+	clear(kek)
+	if err != nil {
+		return ServerOptions{}, err
+	}
+	roots, err := c.Roots(log)
+	if err != nil {
+		return ServerOptions{}, err
+	}
+	o := ServerOptions{Sealer: sealer, Verifier: &AttestVerifier{Roots: roots},
+		SessionLifetime: time.Duration(c.SessionLifetime), MaxBody: c.MaxBodyBytes, Logger: log}
+	if c.AdminPublicKey != "" {
+		if o.Admin, err = LoadAdminPublicKey(c.AdminPublicKey); err != nil {
+			return ServerOptions{}, err
+		}
+	} else {
+		log.Warn("kbs: no admin_public_key configured; every admin call will be refused")
+	}
+	if c.TokenKeyFile != "" {
+		if o.TokenKey, err = pemfile.Read(c.TokenKeyFile, "PRIVATE KEY"); err != nil {
+			return ServerOptions{}, fmt.Errorf("kbs: token key: %w", err)
+		}
+	}
+	return o, nil
+}
+
+// listen opens the configured listener (TLS when a certificate is
+// configured) and the HTTP server for srv, with timeouts that bound slow
+// clients.
+func (c *Config) listen(srv *Server, log *slog.Logger) (net.Listener, *http.Server, error) {
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kbs: listen: %w", err)
+	}
+	hs := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if c.TLSCert == "" {
+		log.Warn("kbs: serving plain HTTP; use only on loopback or behind a vsock proxy with TLS inside", "listen", ln.Addr().String())
+		return ln, hs, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+	if err != nil {
+		ln.Close()
+		return nil, nil, fmt.Errorf("kbs: tls: %w", err)
+	}
+	hs.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	return tls.NewListener(ln, hs.TLSConfig), hs, nil
 }
 
 func sweepLoop(ctx context.Context, s *Server, log *slog.Logger) {

@@ -311,26 +311,7 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) int {
 	now := s.now()
 	// Consume the nonce first, atomically: whatever the verification outcome,
 	// this challenge can never be answered again.
-	var sess session
-	err = s.store.Update(r.Context(), bucketSessions, sid, func(old []byte) ([]byte, error) {
-		if old == nil {
-			return nil, errors.New("unknown session")
-		}
-		if err := json.Unmarshal(old, &sess); err != nil {
-			return nil, fmt.Errorf("corrupt session: %w", err)
-		}
-		if !now.Before(sess.Expires) {
-			return nil, errors.New("session expired")
-		}
-		if sess.State != stateAuthed {
-			return nil, errNonceUsed
-		}
-		if att.RuntimeData.Nonce != sess.Nonce {
-			return nil, errors.New("nonce does not match the session's challenge")
-		}
-		sess.State = stateConsumed
-		return json.Marshal(sess)
-	})
+	sess, err := s.consumeNonce(r.Context(), sid, att.RuntimeData.Nonce, now)
 	if err != nil {
 		class := "session"
 		if errors.Is(err, errNonceUsed) {
@@ -385,6 +366,34 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) int {
 	// log only; the audit store records releases and refusals (one durable
 	// write per successful flow).
 	return writeJSON(w, http.StatusOK, kbs.TokenResponse{Token: token})
+}
+
+// consumeNonce marks session sid's challenge as answered by nonce, in one
+// store update, and returns the session. It fails (and the session stays
+// unusable) when the session is unknown, expired, already answered or was
+// challenged with another nonce; errNonceUsed marks a replay.
+func (s *Server) consumeNonce(ctx context.Context, sid, nonce string, now time.Time) (session, error) {
+	var sess session
+	err := s.store.Update(ctx, bucketSessions, sid, func(old []byte) ([]byte, error) {
+		if old == nil {
+			return nil, errors.New("unknown session")
+		}
+		if err := json.Unmarshal(old, &sess); err != nil {
+			return nil, fmt.Errorf("corrupt session: %w", err)
+		}
+		if !now.Before(sess.Expires) {
+			return nil, errors.New("session expired")
+		}
+		if sess.State != stateAuthed {
+			return nil, errNonceUsed
+		}
+		if nonce != sess.Nonce {
+			return nil, errors.New("nonce does not match the session's challenge")
+		}
+		sess.State = stateConsumed
+		return json.Marshal(sess)
+	})
+	return sess, err
 }
 
 // registeredMeasurements collects every measurement registered for tee.
