@@ -1,7 +1,6 @@
 package attest
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
 	_ "embed"
@@ -15,6 +14,9 @@ import (
 
 	"github.com/google/go-sev-guest/kds"
 	"github.com/google/go-sev-guest/verify/trust"
+
+	"github.com/krun-tee/krun-tee/internal/boundedfile"
+	"github.com/krun-tee/krun-tee/internal/pemfile"
 )
 
 // intelRootPEM is Intel's "Intel SGX Root CA" (valid 2018-2049), the anchor
@@ -178,13 +180,13 @@ func LoadEmulatedRoots(dir string) (*Roots, error) {
 	r := &Roots{}
 	snpDir := filepath.Join(dir, EmulatedSNPDir)
 	if _, err := os.Stat(snpDir); err == nil {
-		ark, err := readCertFile(filepath.Join(snpDir, EmulatedARKFile))
+		ark, err := pemfile.ReadCertificate(filepath.Join(snpDir, EmulatedARKFile))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("attest: emulated root: %w", err)
 		}
-		ask, err := readCertFile(filepath.Join(snpDir, EmulatedASKFile))
+		ask, err := pemfile.ReadCertificate(filepath.Join(snpDir, EmulatedASKFile))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("attest: emulated root: %w", err)
 		}
 		if err := ask.CheckSignatureFrom(ark); err != nil {
 			return nil, fmt.Errorf("attest: emulated root %s: ASK is not signed by the ARK: %w", snpDir, err)
@@ -197,12 +199,12 @@ func LoadEmulatedRoots(dir string) (*Roots, error) {
 	}
 	tdxDir := filepath.Join(dir, EmulatedTDXDir)
 	if _, err := os.Stat(tdxDir); err == nil {
-		root, err := readCertFile(filepath.Join(tdxDir, EmulatedIntelRootFile))
+		root, err := pemfile.ReadCertificate(filepath.Join(tdxDir, EmulatedIntelRootFile))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("attest: emulated root: %w", err)
 		}
 		ir := intelRoot{cert: root, emulated: true}
-		if b, err := os.ReadFile(filepath.Join(tdxDir, EmulatedPCSFile)); err == nil {
+		if b, err := boundedfile.Read(filepath.Join(tdxDir, EmulatedPCSFile), maxPCSFile); err == nil {
 			if err := json.Unmarshal(b, &ir.pcs); err != nil {
 				return nil, fmt.Errorf("attest: emulated root %s: %s: %w", tdxDir, EmulatedPCSFile, err)
 			}
@@ -217,6 +219,9 @@ func LoadEmulatedRoots(dir string) (*Roots, error) {
 	return r, nil
 }
 
+// maxPCSFile bounds an emulated root's stored PCS collateral.
+const maxPCSFile = 1 << 20
+
 // NewEmulatedRoots builds emulated roots from certificates already in
 // memory (the emulators use it in tests); pcs may be nil.
 func NewEmulatedRoots(ark, ask, intelRootCert *x509.Certificate, pcs map[string]PCSResponse) (*Roots, error) {
@@ -229,20 +234,4 @@ func NewEmulatedRoots(ark, ask, intelRootCert *x509.Certificate, pcs map[string]
 		r.intel = append(r.intel, intelRoot{cert: intelRootCert, emulated: true, pcs: pcs})
 	}
 	return r, nil
-}
-
-func readCertFile(path string) (*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("attest: %w", err)
-	}
-	blk, rest := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" || len(bytes.TrimSpace(rest)) != 0 {
-		return nil, fmt.Errorf("attest: %s: want exactly one PEM CERTIFICATE", path)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("attest: %s: %w", path, err)
-	}
-	return c, nil
 }
