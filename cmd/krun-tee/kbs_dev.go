@@ -11,8 +11,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"github.com/krun-tee/krun-tee/emulated/psp"
-	"github.com/krun-tee/krun-tee/emulated/tdxmodule"
 	"log/slog"
 	"math/big"
 	"net"
@@ -21,6 +19,9 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/emulated/psp"
+	"github.com/krun-tee/krun-tee/emulated/tdxmodule"
+	"github.com/krun-tee/krun-tee/internal/pemfile"
 )
 
 func randRead(b []byte) (int, error) { return rand.Read(b) }
@@ -163,21 +164,13 @@ func loadOrCreateDevCA(dir string, now time.Time) (*x509.Certificate, *ecdsa.Pri
 }
 
 func loadDevCA(certPath, keyPath string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	cert, err := readCertPEM(certPath)
+	cert, err := pemfile.ReadCertificate(certPath)
 	if err != nil {
 		return nil, nil, err
 	}
-	data, err := readLimited(keyPath, maxCAFileSize)
+	k, err := pemfile.ReadPrivateKey(keyPath)
 	if err != nil {
 		return nil, nil, err
-	}
-	block, _ := pem.Decode(data)
-	if block == nil || block.Type != "PRIVATE KEY" {
-		return nil, nil, fmt.Errorf("%s: no PRIVATE KEY PEM block", keyPath)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", keyPath, err)
 	}
 	key, ok := k.(*ecdsa.PrivateKey)
 	if !ok || !key.PublicKey.Equal(cert.PublicKey) {
@@ -192,31 +185,18 @@ func loadDevCA(certPath, keyPath string) (*x509.Certificate, *ecdsa.PrivateKey, 
 // devCertUsable reports whether the server certificate at path was issued by
 // ca, is valid for more than a day and covers extraHost.
 func devCertUsable(path string, ca *x509.Certificate, extraHost string, now time.Time) bool {
-	cert, err := readCertPEM(path)
-	if err != nil || cert.CheckSignatureFrom(ca) != nil || now.Add(24*time.Hour).After(cert.NotAfter) {
+	chain, err := pemfile.ReadCertificateChain(path)
+	if err != nil {
+		return false
+	}
+	cert := chain[0]
+	if cert.CheckSignatureFrom(ca) != nil || now.Add(24*time.Hour).After(cert.NotAfter) {
 		return false
 	}
 	if _, err := os.Stat(filepath.Join(filepath.Dir(path), devKeyFile)); err != nil {
 		return false
 	}
 	return extraHost == "" || cert.VerifyHostname(extraHost) == nil
-}
-
-// readCertPEM parses the first CERTIFICATE block of a PEM file.
-func readCertPEM(path string) (*x509.Certificate, error) {
-	data, err := readLimited(path, maxCAFileSize)
-	if err != nil {
-		return nil, err
-	}
-	block, _ := pem.Decode(data)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("%s: no CERTIFICATE PEM block", path)
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return cert, nil
 }
 
 func writePrivateKeyPEM(path string, key *ecdsa.PrivateKey) error {

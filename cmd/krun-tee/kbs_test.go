@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/krun-tee/krun-tee/internal/pemfile"
 )
 
 func TestKBSAdminKeyGen(t *testing.T) {
@@ -187,7 +189,7 @@ func TestDevTLS(t *testing.T) {
 			t.Errorf("%s: %v %v, want mode %o", f, st, err, mode)
 		}
 	}
-	ca, err := readCertPEM(first.CAFile)
+	ca, err := pemfile.ReadCertificate(first.CAFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +199,7 @@ func TestDevTLS(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
 	leafPEM, _ := os.ReadFile(first.CertFile)
-	leaf, err := readCertPEM(first.CertFile)
+	leaf, err := readLeaf(first.CertFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +226,7 @@ func TestDevTLS(t *testing.T) {
 	if err != nil || other.Fingerprint != first.Fingerprint {
 		t.Fatalf("new host: %v", err)
 	}
-	if leaf2, err := readCertPEM(other.CertFile); err != nil || leaf2.VerifyHostname("127.0.0.2") != nil {
+	if leaf2, err := readLeaf(other.CertFile); err != nil || leaf2.VerifyHostname("127.0.0.2") != nil {
 		t.Fatalf("reissued leaf does not cover 127.0.0.2: %v", err)
 	}
 	// Near expiry the leaf is reissued.
@@ -232,7 +234,7 @@ func TestDevTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if leaf3, _ := readCertPEM(late.CertFile); !leaf3.NotAfter.After(now.Add(devCertLifetime)) {
+	if leaf3, _ := readLeaf(late.CertFile); !leaf3.NotAfter.After(now.Add(devCertLifetime)) {
 		t.Error("expiring leaf not reissued")
 	}
 	// Another state dir is another CA (the "different KBS" of the e2e tests).
@@ -266,4 +268,13 @@ func TestDevTLSBrokenState(t *testing.T) {
 	if _, err := ensureDevTLS(dir, "", now); err == nil {
 		t.Fatal("garbage ca.pem accepted")
 	}
+}
+
+// readLeaf returns the first certificate of a dev TLS chain file (leaf, CA).
+func readLeaf(path string) (*x509.Certificate, error) {
+	chain, err := pemfile.ReadCertificateChain(path)
+	if err != nil {
+		return nil, err
+	}
+	return chain[0], nil
 }
