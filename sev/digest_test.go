@@ -5,8 +5,6 @@ import (
 	"crypto/sha512"
 	"encoding/binary"
 	"encoding/hex"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -147,40 +145,6 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
-	}
-}
-
-// TestGoldenVMSA compares the builder with VMSA dumps from real hardware
-// when they are present: testdata/golden-vmsa*.bin, each 4096 bytes, taken
-// with dynamic debug of KVM's sev_es_sync_vmsa for a launch of boot's
-// BootCPUState (vCPU 0, named golden-vmsa-bsp*.bin) or ResetCPUState (APs),
-// with the entry point in bytes 0x178.. and SEV_FEATURES at 0x3B0 used as
-// inputs. Without fixtures the test has nothing to compare and skips.
-func TestGoldenVMSA(t *testing.T) {
-	files, _ := filepath.Glob("testdata/golden-vmsa*.bin")
-	if len(files) == 0 {
-		t.Skip("no testdata/golden-vmsa*.bin from real SNP hardware")
-	}
-	for _, f := range files {
-		gold, err := os.ReadFile(f)
-		if err != nil || len(gold) != VMSASize {
-			t.Fatalf("%s: %d bytes, %v", f, len(gold), err)
-		}
-		rip := binary.LittleEndian.Uint64(gold[vmsaRIP:])
-		feat := binary.LittleEndian.Uint64(gold[vmsaSEVFeatures:])
-		s := boot.ResetCPUState()
-		if bytes.Contains([]byte(filepath.Base(f)), []byte("bsp")) {
-			s = boot.BootCPUState(rip)
-		}
-		got, err := VMSA(s, feat)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for off := 0; off < VMSASize; off += 8 {
-			if !bytes.Equal(got[off:off+8], gold[off:off+8]) {
-				t.Errorf("%s: offset %#x: got %x, hardware %x", f, off, got[off:off+8], gold[off:off+8])
-			}
-		}
 	}
 }
 
