@@ -102,6 +102,10 @@ type LaunchConfig struct {
 	ResourcePath string `json:"resource_path,omitempty"`
 	VCPUs        int    `json:"vcpus"`
 	MemoryMiB    int    `json:"memory_mib"`
+	// ImageDigest is the container image the root filesystem was built
+	// from ("sha256:<64 hex>", `mkimage --from-oci`); informational, absent
+	// in images built from a directory and in older tokens.
+	ImageDigest string `json:"image_digest,omitempty"`
 }
 
 // Bounds for a LaunchConfig.
@@ -111,8 +115,9 @@ const (
 )
 
 var (
-	workloadIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-	resourcePart      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	imageDigestPattern = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+	workloadIDPattern  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	resourcePart       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 )
 
 // Validate checks every field: the config comes from an untrusted header.
@@ -147,6 +152,9 @@ func (c *LaunchConfig) Validate() error {
 				return fmt.Errorf("luks: launch config: resource path %q has an invalid part %q", c.ResourcePath, p)
 			}
 		}
+	}
+	if c.ImageDigest != "" && !imageDigestPattern.MatchString(c.ImageDigest) {
+		return fmt.Errorf("luks: launch config: image digest %q is not sha256:<64 lowercase hex digits>", c.ImageDigest)
 	}
 	if c.VCPUs < 1 || c.VCPUs > MaxVCPUs {
 		return fmt.Errorf("luks: launch config: %d vCPUs out of range 1..%d", c.VCPUs, MaxVCPUs)

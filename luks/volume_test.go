@@ -412,6 +412,9 @@ func TestLaunchConfigValidate(t *testing.T) {
 		"too many cpus":       func(c *LaunchConfig) { c.VCPUs = 1000 },
 		"zero memory":         func(c *LaunchConfig) { c.MemoryMiB = 0 },
 		"memory beyond a TiB": func(c *LaunchConfig) { c.MemoryMiB = 1<<20 + 1 },
+		"image digest no alg": func(c *LaunchConfig) { c.ImageDigest = strings.Repeat("ab", 32) },
+		"image digest short":  func(c *LaunchConfig) { c.ImageDigest = "sha256:abcd" },
+		"image digest upper":  func(c *LaunchConfig) { c.ImageDigest = "sha256:" + strings.Repeat("AB", 32) },
 	} {
 		c := good
 		mut(&c)
@@ -421,6 +424,30 @@ func TestLaunchConfigValidate(t *testing.T) {
 	}
 	if _, err := ParseLaunchConfigToken([]byte(`{"type":"other","keyslots":[]}`)); err == nil {
 		t.Error("parsed a token of another type")
+	}
+	withDigest := good
+	withDigest.ImageDigest = "sha256:" + strings.Repeat("0f", 32)
+	if err := withDigest.Validate(); err != nil {
+		t.Errorf("image digest: %v", err)
+	}
+}
+
+// TestLaunchConfigTokenImageDigest: the optional image digest survives a
+// round trip, and a token written before the field existed still parses.
+func TestLaunchConfigTokenImageDigest(t *testing.T) {
+	old := []byte(`{"type":"krun-tee","keyslots":[],"workload_id":"app","tee":"snp","vcpus":1,"memory_mib":256}`)
+	c, err := ParseLaunchConfigToken(old)
+	if err != nil || c.ImageDigest != "" || c.WorkloadID != "app" {
+		t.Fatalf("old token: %+v, %v", c, err)
+	}
+	digest := "sha256:" + strings.Repeat("1a", 32)
+	raw := []byte(`{"type":"krun-tee","keyslots":[],"workload_id":"app","tee":"snp","vcpus":1,"memory_mib":256,"image_digest":"` + digest + `"}`)
+	if c, err = ParseLaunchConfigToken(raw); err != nil || c.ImageDigest != digest {
+		t.Fatalf("token with digest: %+v, %v", c, err)
+	}
+	bad := bytes.Replace(raw, []byte("sha256:"), []byte("md5:"), 1)
+	if _, err := ParseLaunchConfigToken(bad); err == nil {
+		t.Fatal("accepted a malformed image digest")
 	}
 }
 
