@@ -35,7 +35,7 @@ import (
 func init() {
 	register(command{
 		name:    "mkimage",
-		summary: "build a LUKS2-encrypted root disk image from a directory",
+		summary: "build a LUKS2-encrypted root disk image from a directory or a container image",
 		run: func(ctx context.Context, args []string) error {
 			return runMkimage(ctx, args, os.Stdout, os.Stderr)
 		},
@@ -43,7 +43,7 @@ func init() {
 }
 
 const (
-	mkimageSynopsis = "mkimage --rootfs DIR -o IMAGE [--cmd ARG]... [--entrypoint ARG]... [--env K=V]... [--workdir D] [--user U] " +
+	mkimageSynopsis = "mkimage (--rootfs DIR | --from-oci REF [--platform OS/ARCH]) -o IMAGE [--cmd ARG]... [--entrypoint ARG]... [--env K=V]... [--workdir D] [--user U] " +
 		"[--workload-id ID] [--kbs URL] [--kbs-ca FILE] [--tee T] [--cpus N] [--memory MiB] [--passphrase-out FILE] [--size BYTES] [--kdf pbkdf2|argon2id] [--force]\n" +
 		"        [--admin-key FILE [--kbs-admin URL]] [--bundle DIR]   (register the image with the KBS, or print what to register)"
 	// minImageSize: the LUKS2 header area plus a minimal ext4 with journal.
@@ -63,6 +63,7 @@ type mkimageOptions struct {
 	workload                workload.Config
 	launch                  luks.LaunchConfig
 	reg                     registration
+	oci                     *ociSource // --from-oci (mkimage_oci.go); nil with --rootfs
 }
 
 func parseMkimageFlags(args []string, stderr io.Writer) (*mkimageOptions, error) {
@@ -80,7 +81,7 @@ func parseMkimageFlags(args []string, stderr io.Writer) (*mkimageOptions, error)
 	fl.Var(&entrypoint, "entrypoint", "workload entrypoint argument (repeatable; OCI Entrypoint)")
 	fl.Var(&env, "env", "workload environment KEY=VALUE (repeatable)")
 	fl.StringVar(&workdir, "workdir", "", "workload working directory (absolute)")
-	fl.StringVar(&user, "user", "", "workload user as uid or uid:gid")
+	fl.StringVar(&user, "user", "", "workload user as uid or uid:gid (with --from-oci also user[:group] names from the image)")
 	fl.StringVar(&workloadID, "workload-id", "", "workload id registered with the KBS (default: the image file name)")
 	fl.StringVar(&kbs, "kbs", "", "KBS URL the guest fetches its key from")
 	fl.StringVar(&kbsCA, "kbs-ca", "", "PEM or DER file of the KBS CA certificate the guest pins")
@@ -94,6 +95,7 @@ func parseMkimageFlags(args []string, stderr io.Writer) (*mkimageOptions, error)
 	fl.StringVar(&o.reg.adminKey, "admin-key", "", "KBS admin private key: register the passphrase and the expected measurement with the KBS")
 	fl.StringVar(&o.reg.adminURL, "kbs-admin", "", "KBS URL for the admin calls when it differs from --kbs (e.g. the guests reach the KBS through another address)")
 	fl.StringVar(&o.reg.bundleDir, "bundle", "", "firmware bundle directory the image will boot with (default $KRUN_TEE_BUNDLE or the installed one)")
+	ociFl := addOCIFlags(fl) // --from-oci
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -103,8 +105,12 @@ func parseMkimageFlags(args []string, stderr io.Writer) (*mkimageOptions, error)
 	if fl.NArg() > 0 {
 		return nil, usagef("unexpected argument %q", fl.Arg(0))
 	}
-	if o.rootfs == "" || o.output == "" {
-		return nil, usagef("--rootfs and -o are required")
+	var err error
+	if o.oci, err = ociFl.source(o.rootfs); err != nil { // --from-oci
+		return nil, err
+	}
+	if (o.rootfs == "" && o.oci == nil) || o.output == "" {
+		return nil, usagef("--rootfs DIR (or --from-oci REF) and -o are required")
 	}
 	switch kdf {
 	case "pbkdf2":
@@ -125,8 +131,10 @@ func parseMkimageFlags(args []string, stderr io.Writer) (*mkimageOptions, error)
 		o.passOut = o.output + ".passphrase"
 	}
 	o.workload = workload.Config{Entrypoint: entrypoint, Cmd: cmd, Env: env, WorkingDir: workdir, User: user}
-	if err := o.workload.Validate(); err != nil {
-		return nil, usagef("%v", err)
+	if o.oci == nil { // --from-oci: the image supplies the defaults; checked once it is unpacked
+		if err := o.workload.Validate(); err != nil {
+			return nil, usagef("%v", err)
+		}
 	}
 	if workloadID == "" {
 		workloadID = defaultWorkloadID(o.output)
@@ -254,6 +262,12 @@ func runMkimage(ctx context.Context, args []string, stdout, stderr io.Writer) er
 // buildImage writes the image and returns its passphrase (the caller clears
 // it); on any failure it removes what it created.
 func buildImage(ctx context.Context, o *mkimageOptions, stdout, stderr io.Writer) (passphrase []byte, err error) {
+	if o.oci != nil { // --from-oci: pull and unpack; sets o.rootfs, o.workload, o.size, the digest
+		defer o.oci.close()
+		if err := o.oci.prepare(ctx, o, stderr); err != nil {
+			return nil, err
+		}
+	}
 	st, err := os.Stat(o.rootfs)
 	if err != nil {
 		return nil, fmt.Errorf("rootfs: %w", err)
@@ -308,23 +322,13 @@ func buildImage(ctx context.Context, o *mkimageOptions, stdout, stderr io.Writer
 		return nil, fmt.Errorf("output: %w", err)
 	}
 
-	// 1. ext4 straight into the data area of the output file.
-	fsImage := fmt.Sprintf("%s?offset=%d", o.output, luks.DefaultDataOffset)
-	blocks := (size - luks.DefaultDataOffset) / 4096
-	mkfs := exec.CommandContext(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0",
-		"-E", fmt.Sprintf("offset=%d,nodiscard,root_owner=0:0", luks.DefaultDataOffset),
-		"-L", "krun-root", "-d", o.rootfs, o.output, strconv.FormatInt(blocks, 10))
-	if out, err := mkfs.CombinedOutput(); err != nil {
-		msg := strings.TrimSpace(string(out))
-		if strings.Contains(msg, "Could not allocate") || strings.Contains(msg, "No space") || strings.Contains(msg, "too small") {
-			return nil, fmt.Errorf("--size %d is too small for %s: mke2fs: %s", size, o.rootfs, msg)
+	// 1-2. ext4 with /.krun_config.json straight into the data area of the
+	// output file.
+	if o.oci != nil { // --from-oci: the reproducible filesystem of the image
+		if err := o.oci.makeFilesystem(ctx, o.output, luks.DefaultDataOffset, size-luks.DefaultDataOffset, configJSON); err != nil {
+			return nil, err
 		}
-		return nil, fmt.Errorf("mke2fs: %v: %s", err, msg)
-	}
-
-	// 2. /.krun_config.json, written into the new filesystem (the user's
-	// directory is never touched).
-	if err := writeConfigFile(ctx, fsImage, configJSON); err != nil {
+	} else if err := makeDirFilesystem(ctx, o.rootfs, o.output, size, configJSON); err != nil {
 		return nil, err
 	}
 
@@ -404,12 +408,36 @@ func buildImage(ctx context.Context, o *mkimageOptions, stdout, stderr io.Writer
 	if o.launch.KBSCAFingerprint != "" {
 		fmt.Fprintf(stdout, "kbs ca sha256:  %s\n", o.launch.KBSCAFingerprint)
 	}
+	if o.oci != nil { // --from-oci
+		o.oci.printSummary(stdout)
+	}
 	if o.passOut == "-" {
 		fmt.Fprintf(stdout, "passphrase:     %s\n", pass)
 	} else {
 		fmt.Fprintf(stdout, "passphrase:     written to %s (mode 0600)\n", o.passOut)
 	}
 	return append([]byte(nil), pass...), nil
+}
+
+// makeDirFilesystem makes the ext4 of directory rootfs with mke2fs -d in
+// the data area of output (size bytes in all), then adds the workload config.
+func makeDirFilesystem(ctx context.Context, rootfs, output string, size int64, configJSON []byte) error {
+	fsImage := fmt.Sprintf("%s?offset=%d", output, luks.DefaultDataOffset)
+	blocks := (size - luks.DefaultDataOffset) / 4096
+	mkfs := exec.CommandContext(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0",
+		"-E", fmt.Sprintf("offset=%d,nodiscard,root_owner=0:0", luks.DefaultDataOffset),
+		"-L", "krun-root", "-d", rootfs, output, strconv.FormatInt(blocks, 10))
+	if out, err := mkfs.CombinedOutput(); err != nil {
+		msg := strings.TrimSpace(string(out))
+		if strings.Contains(msg, "Could not allocate") || strings.Contains(msg, "No space") || strings.Contains(msg, "too small") {
+			return fmt.Errorf("--size %d is too small for %s: mke2fs: %s", size, rootfs, msg)
+		}
+		return fmt.Errorf("mke2fs: %v: %s", err, msg)
+	}
+
+	// /.krun_config.json, written into the new filesystem (the user's
+	// directory is never touched).
+	return writeConfigFile(ctx, fsImage, configJSON)
 }
 
 // newPassphrase returns 256 random bits as 64 lowercase hex characters.

@@ -1,0 +1,151 @@
+package main
+
+// `mkimage --from-oci REF`: the root filesystem comes from a container
+// image instead of a directory. The hooks in mkimage.go are marked
+// "--from-oci"; everything else is here and in the oci and rootfs packages.
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/krun-tee/krun-tee/luks"
+	"github.com/krun-tee/krun-tee/oci"
+	"github.com/krun-tee/krun-tee/rootfs"
+)
+
+// ociFlags are the --from-oci flags as parsed.
+type ociFlags struct {
+	ref, platform string
+}
+
+func addOCIFlags(fl *flag.FlagSet) *ociFlags {
+	f := &ociFlags{}
+	fl.StringVar(&f.ref, "from-oci", "", "build the root filesystem from a container image instead of --rootfs: "+oci.RefForms+
+		"; its Entrypoint, Cmd, Env, WorkingDir and User are the defaults the other flags override (--env adds), a user name is resolved through the image's /etc/passwd")
+	fl.StringVar(&f.platform, "platform", "", "with --from-oci: os/arch[/variant] to pick from a multi-platform image (default "+oci.DefaultPlatform+")")
+	return f
+}
+
+// source returns the --from-oci source, nil without --from-oci.
+func (f *ociFlags) source(rootfsDir string) (*ociSource, error) {
+	if f.ref == "" {
+		if f.platform != "" {
+			return nil, usagef("--platform goes with --from-oci")
+		}
+		return nil, nil
+	}
+	if rootfsDir != "" {
+		return nil, usagef("--rootfs and --from-oci are mutually exclusive: the root filesystem comes from one or the other")
+	}
+	return &ociSource{ref: f.ref, platform: f.platform}, nil
+}
+
+// ociSource is the image a root filesystem is built from.
+type ociSource struct {
+	ref, platform string
+	img           *oci.Image
+	tree          *rootfs.Tree
+	stage         string
+	fsDigest      [32]byte
+}
+
+// prepare pulls and unpacks the image into a staging directory beside the
+// output, and completes o: the workload from the image config and the
+// flags, the image digest in the launch token, the size when not given.
+func (s *ociSource) prepare(ctx context.Context, o *mkimageOptions, stderr io.Writer) error {
+	if !o.force {
+		if _, err := os.Lstat(o.output); err == nil {
+			return fmt.Errorf("output %s already exists (use --force to overwrite)", o.output)
+		}
+	}
+	dir := filepath.Dir(o.output)
+	img, err := oci.Open(ctx, s.ref, oci.Options{Platform: s.platform, TempDir: dir})
+	if err != nil {
+		return err
+	}
+	s.img = img
+	if s.stage, err = os.MkdirTemp(dir, ".krun-tee-stage-"); err != nil {
+		return fmt.Errorf("staging: %w", err)
+	}
+	if s.tree, err = rootfs.NewTree(s.stage, rootfs.Limits{}); err != nil {
+		return err
+	}
+	s.tree.DefaultMtime = img.Epoch()
+	var bar *progressBar
+	cur := -1
+	err = img.Unpack(ctx, s.tree, func(i, n int, done, total int64) {
+		if i != cur {
+			if bar != nil {
+				bar.finish(true)
+			}
+			bar, cur = newProgressBar(stderr, fmt.Sprintf("layer %d/%d", i+1, n)), i
+		}
+		if total > 0 {
+			bar.update(min(done, total), total)
+		}
+	})
+	if bar != nil {
+		bar.finish(err == nil)
+	}
+	if err != nil {
+		return err
+	}
+	w, err := img.Workload(s.tree, oci.Overrides{Entrypoint: o.workload.Entrypoint, Cmd: o.workload.Cmd, Env: o.workload.Env,
+		WorkingDir: o.workload.WorkingDir, User: o.workload.User})
+	if err != nil {
+		return err
+	}
+	o.workload = *w
+	if img.Digest.Algorithm != "sha256" {
+		return fmt.Errorf("image digest %s is not sha256", img.Digest)
+	}
+	o.launch.ImageDigest = img.Digest.String()
+	o.rootfs = s.stage
+	if o.size == 0 {
+		o.size = minImageSizeFor(s.tree.EstimateSize())
+	}
+	return nil
+}
+
+// minImageSizeFor is the image size holding a filesystem of fsSize bytes.
+func minImageSizeFor(fsSize int64) int64 {
+	return max(minImageSize, fsSize+luks.DefaultDataOffset)
+}
+
+// makeFilesystem builds the reproducible filesystem (with the workload
+// config inside) into the output's data area.
+func (s *ociSource) makeFilesystem(ctx context.Context, output string, offset, size int64, config []byte) error {
+	sum, err := s.img.BuildFS(ctx, s.tree, config, output, offset, size)
+	if err != nil {
+		return err
+	}
+	s.fsDigest = sum
+	return nil
+}
+
+// printSummary adds the image lines to mkimage's summary.
+func (s *ociSource) printSummary(stdout io.Writer) {
+	fmt.Fprintf(stdout, "image digest:   %s (%s, %s)\n", s.img.Digest, s.ref, s.img.Platform)
+	fmt.Fprintf(stdout, "rootfs sha256:  %s (plaintext ext4, reproducible from the image digest)\n", hex.EncodeToString(s.fsDigest[:]))
+}
+
+// close removes the staging directory and what the pull unpacked.
+func (s *ociSource) close() error {
+	var errs []error
+	if s.tree != nil {
+		errs = append(errs, s.tree.Close())
+	}
+	if s.stage != "" {
+		errs = append(errs, os.RemoveAll(s.stage))
+	}
+	if s.img != nil {
+		errs = append(errs, s.img.Close())
+	}
+	return errors.Join(errs...)
+}
