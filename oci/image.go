@@ -426,8 +426,10 @@ func (im *Image) verify(want *v1.Platform) error {
 type Progress func(i, n int, done, total int64)
 
 // Unpack applies the layers to t in order, checking each layer's content
-// against its diff_id from the (digest-verified) config.
+// against its diff_id from the (digest-verified) config. What the layers
+// do not date (the root, implicit directories) gets Epoch.
 func (im *Image) Unpack(ctx context.Context, t *rootfs.Tree, progress Progress) error {
+	t.SetDefaultMtime(im.Epoch())
 	n := len(im.layers)
 	for i, l := range im.layers {
 		if err := ctx.Err(); err != nil {

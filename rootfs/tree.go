@@ -146,8 +146,18 @@ type Tree struct {
 	entries int
 	bytes   int64
 	gen     int
-	// DefaultMtime is given to directories created implicitly.
-	DefaultMtime int64
+	// defaultMtime is given to directories created implicitly.
+	defaultMtime int64
+	rootSet      bool
+}
+
+// SetDefaultMtime sets the time given to directories created implicitly
+// (a layer with a/b but no a/) and to the root unless an entry sets it.
+func (t *Tree) SetDefaultMtime(sec int64) {
+	t.defaultMtime = sec
+	if !t.rootSet {
+		t.top.inode.Mtime = sec
+	}
 }
 
 // NewTree stages a tree in dir, which must exist and be empty; the root
@@ -242,7 +252,7 @@ func (t *Tree) resolveDir(n *Node, comps []string, create bool, depth *int) (*No
 				return nil, fmt.Errorf("%s: %w", joinPath(n, c), errMissing)
 			}
 			var err error
-			if child, err = t.mkdirNode(n, c, Meta{Mode: 0o755, Mtime: t.DefaultMtime}); err != nil {
+			if child, err = t.mkdirNode(n, c, Meta{Mode: 0o755, Mtime: t.defaultMtime}); err != nil {
 				return nil, err
 			}
 		}
@@ -448,6 +458,7 @@ func (t *Tree) Mkdir(p string, m Meta) error {
 	if dir == nil { // the root itself
 		t.top.inode.Meta = m
 		t.top.gen = t.gen
+		t.rootSet = true
 		return nil
 	}
 	old, err := t.replace(dir, name, true)

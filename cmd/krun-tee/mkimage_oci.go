@@ -76,7 +76,6 @@ func (s *ociSource) prepare(ctx context.Context, o *mkimageOptions, stderr io.Wr
 	if s.tree, err = rootfs.NewTree(s.stage, rootfs.Limits{}); err != nil {
 		return err
 	}
-	s.tree.DefaultMtime = img.Epoch()
 	var bar *progressBar
 	cur := -1
 	err = img.Unpack(ctx, s.tree, func(i, n int, done, total int64) {
