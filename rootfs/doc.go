@@ -9,5 +9,7 @@
 // the tree only: symlinks in parent components are followed with the tree as
 // "/", one that would climb out of it is refused, and every staging write
 // goes through an os.Root, so nothing is written outside the staging
-// directory whatever the input.
+// directory whatever the input. The staging directory holds only
+// directories and regular files: symlinks, device nodes and FIFOs exist in
+// memory and are created in the image by the debugfs script.
 package rootfs

@@ -221,7 +221,7 @@ type scriptWriter struct {
 	xdir    string
 	values  map[string]string // xattr value -> file holding it
 	done    map[*Inode]string // inode -> absolute path of its first name
-	devLink map[*Inode]int    // device/FIFO inode -> names linked
+	devLink map[*Inode]int    // symlink/device/FIFO inode -> names linked
 }
 
 func (s *scriptWriter) line(args ...string) {
@@ -270,7 +270,8 @@ func (t *Tree) writeScript(path, xdir string) error {
 	if err := t.dirCommands(s, t.top); err != nil {
 		return err
 	}
-	// Device nodes with several names: debugfs ln does not count links.
+	// Symlinks and device nodes with several names: debugfs ln does not
+	// count links.
 	devs := make([]*Inode, 0, len(s.devLink))
 	for in := range s.devLink {
 		devs = append(devs, in)
@@ -306,11 +307,12 @@ func (t *Tree) dirCommands(s *scriptWriter, dir *Node) error {
 }
 
 // inodeCommands sets the metadata of n's inode the first time the inode
-// is met, and links further names of device nodes and FIFOs.
+// is met (making symlinks, device nodes and FIFOs, which are not staged),
+// and links their further names.
 func (t *Tree) inodeCommands(s *scriptWriter, n *Node, rel string) error {
 	in := n.inode
 	if first, ok := s.done[in]; ok {
-		if in.Type == TypeChar || in.Type == TypeBlock || in.Type == TypeFIFO {
+		if in.Type != TypeRegular {
 			s.line("ln", quote(first), quote(rel))
 			s.devLink[in]++
 		}
@@ -325,6 +327,8 @@ func (t *Tree) inodeCommands(s *scriptWriter, n *Node, rel string) error {
 		s.line("mknod", quote(n.name), "b", strconv.FormatUint(uint64(in.Major), 10), strconv.FormatUint(uint64(in.Minor), 10))
 	case TypeFIFO:
 		s.line("mknod", quote(n.name), "p")
+	case TypeSymlink:
+		s.line("symlink", quote(n.name), quote(in.Target))
 	default:
 		// mke2fs -d copies the staging files' xattrs (an SELinux label,
 		// say): those the image does not have are removed.
@@ -333,10 +337,8 @@ func (t *Tree) inodeCommands(s *scriptWriter, n *Node, rel string) error {
 			return err
 		}
 	}
-	if in.Type == TypeChar || in.Type == TypeBlock || in.Type == TypeFIFO {
-		if len(in.links) > 1 {
-			s.devLink[in] = 1
-		}
+	if in.Type != TypeRegular && in.Type != TypeDir && len(in.links) > 1 {
+		s.devLink[in] = 1
 	}
 	q := quote(rel)
 	mtime := strconv.FormatInt(clampTime(in.Mtime), 10)

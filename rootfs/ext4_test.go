@@ -151,11 +151,12 @@ func sampleTree(t *testing.T, dir string, reverse bool) *Tree {
 		func() error {
 			return tr.WriteFile("locked/inside", Meta{Mode: 0o400, Mtime: 1016}, strings.NewReader("t"), 1)
 		},
+		func() error { return tr.Link("srv/sym2", "srv/sym") },
 	}
 	if reverse {
 		// Parents first, then the rest backwards: the order of creation
 		// in the staging directory differs.
-		order := []int{0, 1, 3, 4, 8, 13, 17, 18, 16, 15, 14, 11, 10, 9, 12, 7, 5, 6, 2}
+		order := []int{0, 1, 3, 4, 8, 13, 17, 18, 16, 15, 14, 11, 10, 9, 12, 7, 19, 5, 6, 2}
 		for _, i := range order {
 			if err := steps[i](); err != nil {
 				t.Fatalf("step %d: %v", i, err)
@@ -241,8 +242,8 @@ func TestBuildPreservesMetadata(t *testing.T) {
 	if s := debugfsStat(t, img, off, "/dev/sda"); s.DevMajor != 8 || s.DevMinor != 0 {
 		t.Errorf("/dev/sda: dev %d:%d", s.DevMajor, s.DevMinor)
 	}
-	if s := debugfsStat(t, img, off, "/srv/sym"); s.SymlinkDst != "data" {
-		t.Errorf("/srv/sym -> %q, want data", s.SymlinkDst)
+	if s, s2 := debugfsStat(t, img, off, "/srv/sym"), debugfsStat(t, img, off, "/srv/sym2"); s.SymlinkDst != "data" || s.Inode != s2.Inode {
+		t.Errorf("/srv/sym -> %q (inode %d), /srv/sym2 inode %d: want one symlink to data", s.SymlinkDst, s.Inode, s2.Inode)
 	}
 	ping := debugfsStat(t, img, off, "/bin/ping")
 	if _, ok := ping.Xattrs["security.capability"]; !ok {

@@ -123,6 +123,9 @@ const (
 	maxName = 255
 	// maxPath bounds a canonical path (PATH_MAX).
 	maxPath = 4096
+	// maxSymlinkTarget bounds a symlink's content (it goes on one debugfs
+	// command line).
+	maxSymlinkTarget = 3000
 	// maxSymlinks bounds symlinks followed while resolving one path.
 	maxSymlinks = 40
 	// MaxXattrValue is ext4's limit for one extended attribute value.
@@ -522,12 +525,14 @@ func (t *Tree) WriteFile(p string, m Meta, r io.Reader, size int64) error {
 }
 
 // Symlink creates the symlink p -> target, replacing whatever was at p.
+// Like device nodes it lives in memory only (the builder makes it in the
+// image), so the staging directory never holds a symlink.
 func (t *Tree) Symlink(p, target string, m Meta) error {
 	if err := checkMeta(&m); err != nil {
 		return err
 	}
-	if target == "" || len(target) >= maxPath || strings.ContainsRune(target, 0) {
-		return fmt.Errorf("symlink target %q is empty, too long or has a NUL", target)
+	if target == "" || len(target) > maxSymlinkTarget || strings.ContainsAny(target, "\x00\n\r") {
+		return fmt.Errorf("symlink target %q is empty, longer than %d bytes or has a NUL or newline", target, maxSymlinkTarget)
 	}
 	dir, name, err := t.parentOf(p, true)
 	if err != nil {
@@ -541,10 +546,6 @@ func (t *Tree) Symlink(p, target string, m Meta) error {
 	}
 	if err := t.addEntry(); err != nil {
 		return err
-	}
-	if err := t.root.Symlink(target, joinPath(dir, name)); err != nil {
-		t.entries--
-		return fmt.Errorf("staging: %w", err)
 	}
 	t.attach(dir, name, &Inode{Type: TypeSymlink, Meta: m, Target: target})
 	return nil
@@ -585,7 +586,7 @@ func (t *Tree) Link(p, target string) error {
 	if err := t.addEntry(); err != nil {
 		return err
 	}
-	if tn.inode.Type == TypeRegular || tn.inode.Type == TypeSymlink {
+	if tn.inode.Type == TypeRegular {
 		if err := t.root.Link(tn.Path(), joinPath(dir, name)); err != nil {
 			t.entries--
 			return fmt.Errorf("staging: %w", err)
