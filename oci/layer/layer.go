@@ -21,7 +21,9 @@ import (
 const (
 	whiteoutPrefix = ".wh."
 	opaqueMarker   = ".wh..wh..opq"
-	xattrPAXPrefix = "SCHILY.xattr."
+	// whiteoutMetaPrefix starts the AUFS metadata names.
+	whiteoutMetaPrefix = ".wh..wh."
+	xattrPAXPrefix     = "SCHILY.xattr."
 )
 
 // Error is a refused or failed layer entry.
@@ -116,8 +118,15 @@ func applyEntry(t *rootfs.Tree, tr *tar.Reader, hdr *tar.Header) error {
 	if base == opaqueMarker {
 		return t.Opaque(dir)
 	}
+	// Other ".wh..wh." names are AUFS metadata (.wh..wh.plnk/, .wh..wh.aufs)
+	// that old Docker versions left in layers: not part of the tree.
+	for _, c := range strings.Split(p, "/") {
+		if strings.HasPrefix(c, whiteoutMetaPrefix) {
+			return nil
+		}
+	}
 	if victim, ok := strings.CutPrefix(base, whiteoutPrefix); ok {
-		if victim == "" || victim == "." || victim == ".." || strings.HasPrefix(victim, whiteoutPrefix) {
+		if victim == "" || victim == "." || victim == ".." {
 			return fmt.Errorf("malformed whiteout %q", base)
 		}
 		return t.Whiteout(path.Join(dir, victim))

@@ -204,6 +204,9 @@ func TestApplyLayers(t *testing.T) {
 		entry{name: "var/run/pid", body: "1"},    // through an absolute symlink, rooted
 		entry{name: "becomes-dir/", typ: tar.TypeDir},
 		entry{name: "becomes-file", body: "now a file"},
+		entry{name: ".wh..wh.plnk/", typ: tar.TypeDir},     // AUFS metadata: skipped
+		entry{name: ".wh..wh.plnk/1.2", body: "aufs link"}, // likewise
+		entry{name: ".wh..wh.aufs", body: ""},
 		entry{name: "bin/ping", body: "ping2", mode: 0o755}, // breaks the hard link
 	)
 	if err := s.apply(t, 0, base); err != nil {
@@ -216,6 +219,9 @@ func TestApplyLayers(t *testing.T) {
 	s.checkConsistent(t)
 	tr := s.tree
 
+	if in := lookup(t, tr, ".wh..wh.plnk"); in != nil {
+		t.Error("AUFS metadata unpacked")
+	}
 	if in := lookup(t, tr, "etc/old"); in != nil {
 		t.Error("etc/old survived its whiteout")
 	}
