@@ -350,6 +350,9 @@ func extractLayout(file, dir string) error {
 		if n != "index.json" && n != "oci-layout" && !blobName.MatchString(n) {
 			continue
 		}
+		if n != "" && !strings.HasPrefix(n, "blobs/") && h.Size > maxManifestBytes {
+			return fmt.Errorf("archive entry %s is %d bytes, more than %d", n, h.Size, maxManifestBytes)
+		}
 		if total += h.Size; total > maxArchiveBytes {
 			return fmt.Errorf("archive holds more than %d bytes", maxArchiveBytes)
 		}
