@@ -4,8 +4,10 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -424,4 +427,43 @@ func TestWorkloadOverridesAndUsers(t *testing.T) {
 			t.Errorf("ResolveUser(%q) = %q, want an error", bad, got)
 		}
 	}
+}
+
+// TestRegistryCredentials: a registry that wants a password is reached with
+// the credentials of the Docker configuration ($DOCKER_CONFIG), and refused
+// without them.
+func TestRegistryCredentials(t *testing.T) {
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "alice" || p != "s3cret" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	img := testImage(t, "amd64")
+	ref := host + "/private/app:v1"
+	if err := remote.Write(mustRef(t, ref), img, remote.WithAuth(&authn.Basic{Username: "alice", Password: "s3cret"})); err != nil {
+		t.Fatal(err)
+	}
+
+	cfgDir := t.TempDir()
+	t.Setenv("DOCKER_CONFIG", cfgDir)
+	t.Setenv("REGISTRY_AUTH_FILE", filepath.Join(cfgDir, "none.json"))
+	if _, err := Open(context.Background(), ref, Options{}); err == nil {
+		t.Fatal("pulled from a private registry without credentials")
+	}
+	auth := base64.StdEncoding.EncodeToString([]byte("alice:s3cret"))
+	if err := os.WriteFile(filepath.Join(cfgDir, "config.json"), []byte(`{"auths":{"`+host+`":{"auth":"`+auth+`"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	im, tr := openAndUnpack(t, ref, Options{})
+	want, _ := img.Digest()
+	if im.Digest != want {
+		t.Fatalf("digest %s, want %s", im.Digest, want)
+	}
+	checkUnpacked(t, ref, tr)
 }
