@@ -95,16 +95,6 @@ func (im *Image) Close() error {
 // Layers returns the number of layers.
 func (im *Image) Layers() int { return len(im.layers) }
 
-// StoredSize returns the sum of the layers' stored sizes (the bytes to pull),
-// 0 when unknown.
-func (im *Image) StoredSize() int64 {
-	var n int64
-	for _, s := range im.sizes {
-		n += s
-	}
-	return n
-}
-
 // Open resolves ref, picks the platform's image and verifies its config
 // against the manifest. Layers are verified as Unpack reads them.
 func Open(ctx context.Context, ref string, o Options) (*Image, error) {
