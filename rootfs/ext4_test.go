@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func needE2fsprogs(t *testing.T) {
@@ -295,5 +297,28 @@ func TestBuildIsReproducible(t *testing.T) {
 			}
 		}
 		t.Fatalf("two builds of the same tree differ in %d bytes (sizes %d, %d)", n, len(da), len(db))
+	}
+}
+
+// TestBuildDropsHostXattrs: an xattr the host put on a staging file (an
+// SELinux label, say) is not carried into the image.
+func TestBuildDropsHostXattrs(t *testing.T) {
+	needE2fsprogs(t)
+	dir := t.TempDir()
+	tr, err := NewTree(dir, Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.WriteFile("f", Meta{Mode: 0o644, Mtime: 5, Xattrs: map[string][]byte{"user.keep": []byte("k")}}, strings.NewReader("x"), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(filepath.Join(dir, "f"), "user.host", []byte("h"), 0); err != nil {
+		t.Skipf("the staging filesystem takes no user xattrs: %v", err)
+	}
+	img := buildImage(t, tr, 0)
+	st := debugfsStat(t, img, 0, "/f")
+	if _, ok := st.Xattrs["user.host"]; ok || st.Xattrs["user.keep"] != `"k"` {
+		t.Fatalf("xattrs %q: want user.keep only", st.RawXattrs)
 	}
 }
