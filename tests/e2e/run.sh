@@ -28,7 +28,7 @@
 # own), echo, exit-status, persist, vsock, cpus, user-workdir, orphans,
 # not-found, init-failure
 # (`krun-tee run --tee none`); and the confidential ones, LUKS2 images in the
-# emulated TEEs against a dev KBS with TLS in L1: conf-snp, conf-tdx (good
+# emulated TEEs against a dev KBS with TLS in L1: conf-snp, conf-tdx, conf-oci (good
 # images: output, exit status, a release in the KBS audit log), refuse-root,
 # refuse-token, refuse-cmdline, refuse-kernel (refused attestation, a refusal
 # and no release in the audit log), kbs-down (bounded retries), foreign-kbs
@@ -74,7 +74,7 @@ while [ $# -gt 0 ]; do
 	esac
 done
 plain_scenarios="kvm host-clock qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure"
-conf_scenarios="conf-snp conf-tdx refuse-root refuse-token refuse-cmdline refuse-kernel kbs-down foreign-kbs wrong-key tampered-header"
+conf_scenarios="conf-snp conf-tdx conf-oci refuse-root refuse-token refuse-cmdline refuse-kernel kbs-down foreign-kbs wrong-key tampered-header"
 all_scenarios="$plain_scenarios $conf_scenarios"
 if [ -n "$shell_cmd" ]; then
 	expected="shell-cmd"
@@ -140,6 +140,7 @@ gobuild mkinitrd ./init/mkinitrd
 gobuild mkconfig ./tests/e2e/mkconfig
 gobuild vsockping ./tests/e2e/guest
 gobuild imgtool ./tests/e2e/imgtool
+gobuild ociarchive ./tests/e2e/ociarchive
 if [ -z "$krun_tee" ]; then
 	krun_tee=$root/bin/krun-tee
 	if [ ! -x "$krun_tee" ]; then
@@ -240,6 +241,15 @@ conf_prepare() {
 	"$krun_tee" mkimage "${common[@]}" -o "$e2e/images/conf-foreign.img" --workload-id conf-foreign --tee emulated-snp \
 		--kbs https://127.0.0.1:8445 --kbs-admin "https://$kbs_addr" --admin-key "$conf/kbs/admin.key" >"$work/mkimage-foreign.log" 2>&1 ||
 		{ conf_skip="mkimage of conf-foreign failed: $(tail -n 1 "$work/mkimage-foreign.log")"; return 1; }
+	# From a container image: an OCI archive (the base tree plus a layer that
+	# adds user app, its 0700 home, a setuid file and a whiteout of /data).
+	local ocmd='echo krun-e2e-oci uid=$(id -u):$(id -g) cwd=$(pwd) home=$(stat -c %u:%g:%a /home/app) hello=$(cat /home/app/hello) data=$(test -e /data && echo present || echo gone) suid=$(stat -c %a /usr/bin/setuid-marker) root=$(awk "\$2 == \"/\" { r = \$1 } END { print r }" /proc/mounts); exit 3'
+	"$work/bin/ociarchive" -rootfs "$base" -o "$work/oci-app.tar" -user app -workdir /home/app -env PATH=/bin:/usr/bin \
+		-entrypoint sh -cmd -c -cmd "$ocmd" >/dev/null &&
+		"$krun_tee" mkimage --from-oci "oci-archive:$work/oci-app.tar" -o "$e2e/images/conf-oci.img" --workload-id conf-oci \
+			--tee emulated-snp --kbs https://127.0.0.1:8443 --kbs-ca "$conf/kbs/ca.pem" --bundle "$conf/bundle" \
+			--kbs-admin "https://$kbs_addr" --admin-key "$conf/kbs/admin.key" >"$work/mkimage-oci.log" 2>&1 ||
+		{ conf_skip="mkimage --from-oci of conf-oci failed: $(tail -n 1 "$work/mkimage-oci.log")"; return 1; }
 	host_kbs_stop
 	# The host rewrites the workload id in the token: the launch then differs.
 	cp "$e2e/images/conf-snp.img" "$e2e/images/conf-moved.img"

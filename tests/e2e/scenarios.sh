@@ -313,6 +313,17 @@ good() { # NAME IMAGE TEE
 sc_conf_snp() { good conf-snp conf-snp emulated-snp; }
 sc_conf_tdx() { good conf-tdx conf-tdx emulated-tdx; }
 
+# An image built by `mkimage --from-oci` from an OCI archive (base rootfs plus a
+# layer adding user app, its 0700 home, a setuid file, a whiteout of /data)
+# boots confidentially, runs as the image's user and sees the layered tree.
+sc_conf_oci() {
+	mark=$(audit_mark "$KBS_STATE" "$KBS_ADDR")
+	krun_conf conf-oci conf-oci
+	expect conf-oci 3 "^krun-e2e-oci uid=1000:1000 cwd=/home/app home=1000:1000:700 hello=krun-e2e-oci-hello data=gone suid=4755 root=/dev/" || return
+	no_secret conf-oci || return
+	audit_check conf-oci "$KBS_STATE" "$KBS_ADDR" "$mark" release && pass conf-oci
+}
+
 # The KBS trusts its own emulated root only; reports signed by another one
 # must not verify.
 # (Overrides are set and cleared around the call: assignments prefixed to a
@@ -413,7 +424,7 @@ if [ -n "$SHELL_CMD" ]; then
 else
 	MAIN_KBS="" CONF_BROKEN=""
 	for sc in kvm host-clock qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure \
-		conf-snp conf-tdx refuse-root refuse-token refuse-cmdline refuse-kernel kbs-down foreign-kbs wrong-key tampered-header; do
+		conf-snp conf-tdx conf-oci refuse-root refuse-token refuse-cmdline refuse-kernel kbs-down foreign-kbs wrong-key tampered-header; do
 		selected "$sc" || continue
 		case "$sc" in
 		qemu-*) if [ -z "$QEMU" ]; then fail "$sc" "no QEMU available"; continue; fi ;;
