@@ -134,7 +134,7 @@ work=$(mktemp -d "$out/work.XXXXXX")
 if [ "$keep" = 0 ]; then trap 'host_kbs_stop; rm -rf "$work"' EXIT; else trap 'host_kbs_stop' EXIT; log "keeping $work"; fi
 mkdir -p "$work/bin" "$work/e2e/images"
 export CGO_ENABLED=0 GOFLAGS=${GOFLAGS:--mod=mod}
-gobuild() { (cd "$root" && go build -trimpath -ldflags "-s -w" -o "$work/bin/$1" "$2"); }
+gobuild() { (cd "$root" && go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$work/bin/$1" "$2"); }
 gobuild init ./init
 gobuild mkinitrd ./init/mkinitrd
 gobuild mkconfig ./tests/e2e/mkconfig
