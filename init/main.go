@@ -138,6 +138,12 @@ func (g *guest) boot() (int, error) {
 	signal.Notify(sigs, append([]os.Signal{unix.SIGCHLD}, forwardedSignals...)...)
 	defer signal.Stop(sigs)
 
+	if !kernelMessagesWanted(string(raw)) {
+		// Not fatal: the workload runs either way, with kernel messages.
+		if err := os.WriteFile("/proc/sys/kernel/printk", []byte(consoleLogLevelQuiet), 0); err != nil {
+			fmt.Fprintf(console, "krun-init: console log level: %v\n", err)
+		}
+	}
 	pid, err := startWorkload(spec, console)
 	if err != nil {
 		return 0, fail("exec", execErrorStatus(err), err)
