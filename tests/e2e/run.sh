@@ -154,7 +154,7 @@ fi
 e2e=$work/e2e
 cp "$vmlinux" "$e2e/vmlinux"
 if [ -n "$krun_tee" ]; then cp "$krun_tee" "$e2e/krun-tee"; fi
-cp "$here/scenarios.sh" "$e2e/scenarios.sh"
+cp "$here/scenarios.sh" "$here/launchloop.sh" "$e2e/"
 "$work/bin/mkinitrd" -o "$e2e/initrd.cpio" -init "$work/bin/init"
 log "$(since)s: binaries and guest initrd ready"
 
