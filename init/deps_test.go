@@ -89,6 +89,8 @@ var forbidden = []struct{ prefix, why string }{
 	{initModule + "emulated/", "an emulator (emulated evidence is signed on the host)"},
 	{initModule + "cmd/", "the host command"},
 	{initModule + "vmm", "the VMM"},
+	{initModule + "layout", "the host's launch layout"},
+	{initModule + "launch", "the host's launch orchestration"},
 	{initModule + "virtio", "a host-side device model"},
 	{initModule + "sev", "host-side SEV launch measurement"},
 	{initModule + "tdx", "host-side TDX launch measurement"},

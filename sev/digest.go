@@ -11,7 +11,7 @@ import (
 	"runtime"
 	"sync"
 
-	"github.com/krun-tee/krun-tee/vmm/layout"
+	"github.com/krun-tee/krun-tee/layout"
 )
 
 // PAGE_INFO layout (SNP firmware ABI, "PAGE_INFO Structure"), little endian.

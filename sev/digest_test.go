@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/vmm/boot"
-	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
 type page struct {

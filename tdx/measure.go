@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"hash"
 
-	"github.com/krun-tee/krun-tee/vmm/layout"
+	"github.com/krun-tee/krun-tee/layout"
 )
 
 // Records the TDX module feeds into the MRTD hash (Intel TDX module ABI,

@@ -6,7 +6,7 @@ import (
 	"encoding/hex"
 	"testing"
 
-	"github.com/krun-tee/krun-tee/vmm/layout"
+	"github.com/krun-tee/krun-tee/layout"
 )
 
 func hx(b [48]byte) string { return hex.EncodeToString(b[:]) }

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"math/bits"
 
+	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/vmm/kvm"
-	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
 // CPUID leaves and bits the VMM adjusts (Intel SDM vol. 2A CPUID; AMD APM

@@ -4,8 +4,8 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/vmm/kvm"
-	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
 func TestNormalizeCPUID(t *testing.T) {

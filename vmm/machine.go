@@ -20,11 +20,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/virtio"
 	"github.com/krun-tee/krun-tee/vmm/boot"
 	"github.com/krun-tee/krun-tee/vmm/devices"
 	"github.com/krun-tee/krun-tee/vmm/kvm"
-	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
 // Addresses KVM needs outside guest RAM, in the MMIO hole below the BIOS

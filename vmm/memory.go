@@ -7,8 +7,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/vmm/boot"
-	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
 // Memory is guest RAM: one anonymous shared mapping, exposed to the guest as

@@ -4,8 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/vmm/boot"
-	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
 func TestMemorySlice(t *testing.T) {

@@ -10,11 +10,11 @@ import (
 	"os"
 
 	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/launch"
+	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/sev"
 	"github.com/krun-tee/krun-tee/tdx"
 	"github.com/krun-tee/krun-tee/vmm/boot"
-	"github.com/krun-tee/krun-tee/vmm/launch"
-	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
 func init() {

@@ -10,9 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/krun-tee/krun-tee/launch"
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/vmm/boot"
-	"github.com/krun-tee/krun-tee/vmm/launch"
 )
 
 // launchTestBundle writes a firmware bundle (shim, tiny kernel, initrd).

@@ -28,8 +28,8 @@ import (
 	"github.com/krun-tee/krun-tee/init/workload"
 	"github.com/krun-tee/krun-tee/kbs"
 	kbsserver "github.com/krun-tee/krun-tee/kbs/server"
+	"github.com/krun-tee/krun-tee/launch"
 	"github.com/krun-tee/krun-tee/luks"
-	"github.com/krun-tee/krun-tee/vmm/launch"
 )
 
 func init() {

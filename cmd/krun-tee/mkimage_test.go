@@ -26,8 +26,8 @@ import (
 
 	"github.com/krun-tee/krun-tee/init/workload"
 	kbsserver "github.com/krun-tee/krun-tee/kbs/server"
+	"github.com/krun-tee/krun-tee/launch"
 	"github.com/krun-tee/krun-tee/luks"
-	"github.com/krun-tee/krun-tee/vmm/launch"
 )
 
 func needTools(t *testing.T, tools ...string) {

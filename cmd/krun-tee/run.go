@@ -15,12 +15,12 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/init/exitcodes"
+	"github.com/krun-tee/krun-tee/launch"
 	"github.com/krun-tee/krun-tee/virtio"
 	"github.com/krun-tee/krun-tee/virtio/blk"
 	"github.com/krun-tee/krun-tee/virtio/vsock"
 	"github.com/krun-tee/krun-tee/vmm"
 	"github.com/krun-tee/krun-tee/vmm/boot"
-	"github.com/krun-tee/krun-tee/vmm/launch"
 )
 
 // exitRunnerFailed is podman's convention for "the runner, not the

@@ -13,13 +13,13 @@ import (
 
 	"github.com/krun-tee/krun-tee/init/exitcodes"
 	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/launch"
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/virtio"
 	"github.com/krun-tee/krun-tee/virtio/blk"
 	"github.com/krun-tee/krun-tee/virtio/vsock"
 	"github.com/krun-tee/krun-tee/vmm"
 	"github.com/krun-tee/krun-tee/vmm/boot"
-	"github.com/krun-tee/krun-tee/vmm/launch"
 )
 
 // Flags of the plain (--tee none, kernel + disks) path that a confidential

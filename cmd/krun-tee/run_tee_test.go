@@ -12,7 +12,7 @@ import (
 
 	"github.com/krun-tee/krun-tee/init/exitcodes"
 	"github.com/krun-tee/krun-tee/init/launchparams"
-	"github.com/krun-tee/krun-tee/vmm/launch"
+	"github.com/krun-tee/krun-tee/launch"
 )
 
 // withHostTEE fakes the host's TEE capabilities for one test.

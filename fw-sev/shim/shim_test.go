@@ -16,10 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/vmm"
 	"github.com/krun-tee/krun-tee/vmm/boot"
 	"github.com/krun-tee/krun-tee/vmm/kvm"
-	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
 func needBinutils(t *testing.T) {

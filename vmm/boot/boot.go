@@ -14,7 +14,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/krun-tee/krun-tee/vmm/layout"
+	"github.com/krun-tee/krun-tee/layout"
 )
 
 // Guest-physical addresses of the boot structures, all in the first MiB. The

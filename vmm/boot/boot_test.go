@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/krun-tee/krun-tee/vmm/layout"
+	"github.com/krun-tee/krun-tee/layout"
 )
 
 var le = binary.LittleEndian

@@ -3,7 +3,7 @@ package boot
 import (
 	"encoding/binary"
 
-	"github.com/krun-tee/krun-tee/vmm/layout"
+	"github.com/krun-tee/krun-tee/layout"
 )
 
 // Boot GDT selectors required by the 64-bit boot protocol (boot.rst: "__BOOT_CS

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"sort"
 
-	"github.com/krun-tee/krun-tee/vmm/layout"
+	"github.com/krun-tee/krun-tee/layout"
 )
 
 // Firmware-mode boot: instead of entering the kernel in 64-bit mode with

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/krun-tee/krun-tee/vmm/layout"
+	"github.com/krun-tee/krun-tee/layout"
 )
 
 // synthShim builds a shim-shaped binary of size bytes: the header with this

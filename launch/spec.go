@@ -10,11 +10,11 @@ import (
 	"strings"
 
 	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/sev"
 	"github.com/krun-tee/krun-tee/tdx"
 	"github.com/krun-tee/krun-tee/vmm/boot"
-	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
 // Devices of every confidential launch, in attach order: the image as

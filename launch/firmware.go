@@ -2,8 +2,8 @@ package launch
 
 import (
 	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/vmm/boot"
-	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
 // TEEKind is the family of TEE a layout is built for (boot.TEEKind): SEV-SNP

@@ -17,8 +17,8 @@ import (
 	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/init/launchparams"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
+	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/luks"
-	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
 // FuzzCmdline: whatever --cmdline-extra holds, Cmdline either refuses it or

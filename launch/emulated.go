@@ -15,9 +15,9 @@ import (
 	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/init/launchparams"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
+	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/sev"
 	"github.com/krun-tee/krun-tee/tdx"
-	"github.com/krun-tee/krun-tee/vmm/layout"
 )
 
 // EnvEmulatedRoot names the emulated root directory (made by `krun-tee
