@@ -16,15 +16,19 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/krun-tee/krun-tee/tee"
 )
 
-// TEE names an attestation technology as the Trustee protocol spells it.
-type TEE string
+// TEE names an attestation technology as the Trustee protocol spells it: it
+// is krun-tee's one TEE type (package tee), of which this package verifies
+// the hardware values.
+type TEE = tee.TEE
 
 // The TEEs this package verifies.
 const (
-	SNP TEE = "snp"
-	TDX TEE = "tdx"
+	SNP = tee.SNP
+	TDX = tee.TDX
 )
 
 // Sizes of the policy fields.

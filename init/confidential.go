@@ -8,19 +8,13 @@ import (
 	"net"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/init/confidential"
-	"github.com/krun-tee/krun-tee/init/exitcodes"
-	"github.com/krun-tee/krun-tee/init/launchparams"
-	"github.com/krun-tee/krun-tee/init/stages"
 	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
 	"github.com/krun-tee/krun-tee/luks/dm"
 	"golang.org/x/sys/unix"
 )
-
-// hostCID is the vsock address of the host, where the VMM relays the KBS
-// and quote ports.
-const hostCID = 2
 
 // configfsMount is where configfs-tsm lives on hardware TEEs.
 const configfsMount = "/sys/kernel/config"
@@ -35,13 +29,13 @@ func (g *guest) mountConfidentialRoot(cmdline string, bc bootConfig) error {
 	}
 	if confidential.IsHardwareTEE(params) {
 		if err := mountFS("configfs", configfsMount, "configfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-			return fail("evidence", exitcodes.Evidence, fmt.Errorf("configfs-tsm: %w", err))
+			return fail("evidence", guestabi.StatusEvidence, fmt.Errorf("configfs-tsm: %w", err))
 		}
 	}
 	prov, err := confidential.ChooseProvider(params, confidential.ProviderEnv{
 		Detect: evidence.Detect,
 		DialQuote: func(ctx context.Context) (net.Conn, error) {
-			return kbs.VsockDialer(hostCID, launchparams.QuotePort)(ctx, "vsock", "")
+			return kbs.VsockDialer(guestabi.HostCID, guestabi.QuotePort)(ctx, "vsock", "")
 		},
 	})
 	if err != nil {
@@ -49,14 +43,14 @@ func (g *guest) mountConfidentialRoot(cmdline string, bc bootConfig) error {
 	}
 	prov = &stageProvider{Provider: prov, reached: g.reached}
 	log := slog.New(slog.NewTextHandler(g.console, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	client, err := confidential.NewKBSClient(params, prov, kbs.VsockDialer(hostCID, launchparams.KBSPort), log)
+	client, err := confidential.NewKBSClient(params, prov, kbs.VsockDialer(guestabi.HostCID, guestabi.KBSPort), log)
 	if err != nil {
 		return asInitError(err)
 	}
 	if err := waitForBlockDevice(bc.Root, bc.RootWait); err != nil {
 		return fail("root", statusRoot, err)
 	}
-	g.reached(stages.RootDevice)
+	g.reached(guestabi.StageRootDevice)
 	stage := &confidential.Stage{
 		Params:          params,
 		Fetcher:         client,
@@ -78,14 +72,14 @@ func (g *guest) mountConfidentialRoot(cmdline string, bc bootConfig) error {
 // exchange reports it again, and the host keeps every report.
 type stageProvider struct {
 	evidence.Provider
-	reached func(stages.Stage)
+	reached func(guestabi.Stage)
 }
 
 // Evidence returns the wrapped provider's evidence.
 func (p *stageProvider) Evidence(reportData [64]byte) (attest.TEE, []byte, error) {
 	tee, ev, err := p.Provider.Evidence(reportData)
 	if err == nil {
-		p.reached(stages.Evidence)
+		p.reached(guestabi.StageEvidence)
 	}
 	return tee, ev, err
 }

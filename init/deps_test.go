@@ -22,10 +22,10 @@ const initModule = "github.com/krun-tee/krun-tee/"
 var allowedOwn = []string{
 	"init",
 	"init/confidential",
-	"init/exitcodes",
-	"init/launchparams",
-	"init/stages",
 	"init/workload",
+	"guestabi",     // the host-guest ABI: ports, stage and exit bytes, vsock ports, krun.* parameters
+	"launchconfig", // the launch configuration's validator, shared with the host
+	"tee",          // the TEE type
 	"internal/boundedfile",
 	"internal/pemfile", // attest's root loading
 	"kbs",              // the KBS client side only: protocol types, client, JWK/JWE, vsock dialer

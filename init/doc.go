@@ -14,12 +14,12 @@
 //
 // Boot stages: for timing, init also writes one byte per boot stage it
 // reaches to I/O port 0xf8 (the stage port; table and numbering in package
-// init/stages) through /dev/port, from the moment devtmpfs is mounted. A
+// guestabi) through /dev/port, from the moment devtmpfs is mounted. A
 // failed write is ignored, so the stages can never break a boot, and nothing
 // is printed, so the workload's console output is unchanged.
 //
 // Confidential stage: when /proc/cmdline carries krun.* launch parameters
-// (package init/launchparams; they are part of the launch measurement), the
+// (package guestabi; they are part of the launch measurement), the
 // root is a LUKS2 disk and init, before the steps above, mounts configfs
 // (hardware TEEs), picks the evidence provider (configfs-tsm or the guest
 // device for snp/tdx; the host's emulated quote provider over vsock port
@@ -34,7 +34,7 @@
 // parameters the plain path above is unchanged.
 //
 // Exit status reported to the VMM (and by `krun-tee run`); the table is
-// exported by package init/exitcodes so the host maps codes to text:
+// exported by package guestabi so the host maps codes to text:
 //
 //	0-99, 125    the workload's own exit status (also 112-118, 128)
 //	126          the command was found but could not be executed

@@ -7,12 +7,11 @@ import (
 	"os/signal"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/init/confidential"
-	"github.com/krun-tee/krun-tee/init/stages"
 	"github.com/krun-tee/krun-tee/init/workload"
 	"github.com/krun-tee/krun-tee/internal/boundedfile"
+	"golang.org/x/sys/unix"
 )
 
 // newRoot is where the root disk is mounted before init switches to it.
@@ -34,7 +33,7 @@ type guest struct {
 // reached reports boot stage s to the VMM's stage port for boot timing
 // (init/stages). A failed write is ignored on purpose: the stages are a
 // measurement aid, and a boot must not fail or print because of them.
-func (g *guest) reached(s stages.Stage) {
+func (g *guest) reached(s guestabi.Stage) {
 	if g.portNode == "" {
 		return
 	}
@@ -75,7 +74,7 @@ func (g *guest) boot() (int, error) {
 	}
 	// The first moment the port device exists (devtmpfs is mounted); the
 	// mounts before it take a few milliseconds.
-	g.reached(stages.InitStarted)
+	g.reached(guestabi.StageInitStarted)
 	raw, err := boundedfile.Read("/proc/cmdline", maxCmdline)
 	if err != nil {
 		return 0, fail("setup", statusSetup, err)
@@ -95,12 +94,12 @@ func (g *guest) boot() (int, error) {
 		if err := waitForBlockDevice(bc.Root, bc.RootWait); err != nil {
 			return 0, fail("root", statusRoot, err)
 		}
-		g.reached(stages.RootDevice)
+		g.reached(guestabi.StageRootDevice)
 		if err := mountFS(bc.Root, newRoot, bc.RootFSType, 0, ""); err != nil {
 			return 0, fail("root", statusRoot, err)
 		}
 	}
-	g.reached(stages.RootMounted)
+	g.reached(guestabi.StageRootMounted)
 	g.rootMounted = true
 
 	data, err := boundedfile.Read(newRoot+workload.Path, maxWorkloadConfig)
@@ -150,7 +149,7 @@ func (g *guest) boot() (int, error) {
 	}
 	// ForkExec returns once the exec succeeded (or failed), so this is the
 	// workload's start.
-	g.reached(stages.WorkloadExec)
+	g.reached(guestabi.StageWorkloadExec)
 	s := &supervisor{
 		child: pid, wait4: wait4, kill: killProcess, killAll: killAllButInit,
 		grace: 2 * time.Second, poll: 500 * time.Millisecond,

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/krun-tee/krun-tee/attest"
-	"github.com/krun-tee/krun-tee/init/stages"
+	"github.com/krun-tee/krun-tee/guestabi"
 )
 
 // portFile is a plain file standing in for /dev/port: a write at offset N
@@ -24,7 +24,7 @@ func portFile(t *testing.T) string {
 
 func TestReportStageWritesAtTheStagePort(t *testing.T) {
 	node := portFile(t)
-	if err := reportStage(node, stages.DiskUnlocked); err != nil {
+	if err := reportStage(node, guestabi.StageDiskUnlocked); err != nil {
 		t.Fatalf("reportStage: %v", err)
 	}
 	got, err := os.ReadFile(node)
@@ -32,7 +32,7 @@ func TestReportStageWritesAtTheStagePort(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := make([]byte, 0xf9)
-	want[0xf8] = byte(stages.DiskUnlocked)
+	want[0xf8] = byte(guestabi.StageDiskUnlocked)
 	if !bytes.Equal(got, want) {
 		t.Fatalf("port file is %d bytes, byte 0xf8 = %#x; want one byte %#x at 0xf8 and nothing else", len(got), got[len(got)-1], want[0xf8])
 	}
@@ -43,7 +43,7 @@ func TestReportStageWritesAtTheStagePort(t *testing.T) {
 }
 
 func TestReportStageMissingNode(t *testing.T) {
-	err := reportStage(filepath.Join(t.TempDir(), "no-such-port"), stages.InitStarted)
+	err := reportStage(filepath.Join(t.TempDir(), "no-such-port"), guestabi.StageInitStarted)
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("reportStage on a missing node: %v, want a wrapped ErrNotExist", err)
 	}
@@ -54,17 +54,17 @@ func TestReportStageMissingNode(t *testing.T) {
 func TestGuestReached(t *testing.T) {
 	node := portFile(t)
 	g := &guest{portNode: node}
-	g.reached(stages.RootMounted)
-	g.reached(stages.WorkloadExec) // the last write wins, as on the real port
+	g.reached(guestabi.StageRootMounted)
+	g.reached(guestabi.StageWorkloadExec) // the last write wins, as on the real port
 	got, err := os.ReadFile(node)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 0xf9 || got[0xf8] != byte(stages.WorkloadExec) {
-		t.Fatalf("port file %d bytes, want %#x at 0xf8", len(got), byte(stages.WorkloadExec))
+	if len(got) != 0xf9 || got[0xf8] != byte(guestabi.StageWorkloadExec) {
+		t.Fatalf("port file %d bytes, want %#x at 0xf8", len(got), byte(guestabi.StageWorkloadExec))
 	}
-	(&guest{portNode: filepath.Join(t.TempDir(), "missing", "port")}).reached(stages.InitStarted) // must not panic
-	(&guest{}).reached(stages.InitStarted)
+	(&guest{portNode: filepath.Join(t.TempDir(), "missing", "port")}).reached(guestabi.StageInitStarted) // must not panic
+	(&guest{}).reached(guestabi.StageInitStarted)
 }
 
 type fakeProvider struct{ err error }
@@ -80,13 +80,13 @@ func (f fakeProvider) Evidence([64]byte) (attest.TEE, []byte, error) {
 // The evidence stage is reported only when evidence was obtained, and the
 // provider's answer passes through unchanged.
 func TestStageProvider(t *testing.T) {
-	var got []stages.Stage
-	p := &stageProvider{Provider: fakeProvider{}, reached: func(s stages.Stage) { got = append(got, s) }}
+	var got []guestabi.Stage
+	p := &stageProvider{Provider: fakeProvider{}, reached: func(s guestabi.Stage) { got = append(got, s) }}
 	tee, ev, err := p.Evidence([64]byte{})
 	if err != nil || tee != "fake" || string(ev) != "evidence" || p.TEE() != "fake" {
 		t.Fatalf("Evidence = %q %q %v", tee, ev, err)
 	}
-	if len(got) != 1 || got[0] != stages.Evidence {
+	if len(got) != 1 || got[0] != guestabi.StageEvidence {
 		t.Fatalf("reached %v, want [evidence]", got)
 	}
 	boom := errors.New("no quote")

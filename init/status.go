@@ -4,23 +4,23 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/krun-tee/krun-tee/init/exitcodes"
+	"github.com/krun-tee/krun-tee/guestabi"
 	"golang.org/x/sys/unix"
 )
 
 // Exit statuses reported for init's own failures; the table lives in
-// package init/exitcodes (shared with the host) and is documented in doc.go.
+// package guestabi (shared with the host) and is documented in doc.go.
 const (
-	statusSetup      = exitcodes.Setup
-	statusRoot       = exitcodes.Root
-	statusConfig     = exitcodes.Config
-	statusSwitchRoot = exitcodes.SwitchRoot
-	statusExec       = exitcodes.Exec
+	statusSetup      = guestabi.StatusSetup
+	statusRoot       = guestabi.StatusRoot
+	statusConfig     = guestabi.StatusConfig
+	statusSwitchRoot = guestabi.StatusSwitchRoot
+	statusExec       = guestabi.StatusExec
 	// statusNotExecutable and statusNotFound follow the shell convention.
-	statusNotExecutable = exitcodes.NotExecutable
-	statusNotFound      = exitcodes.NotFound
+	statusNotExecutable = guestabi.StatusNotExecutable
+	statusNotFound      = guestabi.StatusNotFound
 	// signalBase is added to the number of the signal that killed the workload.
-	signalBase = exitcodes.SignalBase
+	signalBase = guestabi.StatusSignalBase
 )
 
 // initError is a failure of one of init's own steps. It carries the status

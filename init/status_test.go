@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/init/confidential"
-	"github.com/krun-tee/krun-tee/init/exitcodes"
 
 	"golang.org/x/sys/unix"
 )
@@ -84,7 +84,7 @@ func TestInitErrorLineAndStatus(t *testing.T) {
 }
 
 // TestDocTableMatchesExitcodes keeps the table in doc.go in step with
-// package exitcodes: every documented "NNN  step:" row names the step the
+// package guestabi: every documented "NNN  step:" row names the step the
 // code has there, and every init status is documented.
 func TestDocTableMatchesExitcodes(t *testing.T) {
 	doc, err := os.ReadFile("doc.go")
@@ -104,17 +104,17 @@ func TestDocTableMatchesExitcodes(t *testing.T) {
 		documented[code] = strings.TrimSuffix(f[1], ":")
 	}
 	for code := 0; code < 256; code++ {
-		step, ok := exitcodes.Step(code)
+		step, ok := guestabi.StatusStep(code)
 		if !ok || code == statusNotExecutable || code == statusNotFound {
 			continue
 		}
 		if documented[code] != step {
-			t.Errorf("doc.go documents %d as %q, exitcodes says %q", code, documented[code], step)
+			t.Errorf("doc.go documents %d as %q, guestabi says %q", code, documented[code], step)
 		}
 	}
 	for code := range documented {
-		if !exitcodes.IsInit(code) {
-			t.Errorf("doc.go documents %d, which exitcodes does not know", code)
+		if !guestabi.IsInitStatus(code) {
+			t.Errorf("doc.go documents %d, which guestabi does not know", code)
 		}
 	}
 }
@@ -122,13 +122,13 @@ func TestDocTableMatchesExitcodes(t *testing.T) {
 func TestConfidentialErrorIsOneLine(t *testing.T) {
 	_, err := confidential.ParseLaunch("krun.tee=snp")
 	ie := asInitError(err)
-	if statusOf(ie) != exitcodes.LaunchParams {
+	if statusOf(ie) != guestabi.StatusLaunchParams {
 		t.Fatalf("status %d: %v", statusOf(ie), ie)
 	}
-	if s := ie.Error(); !strings.HasPrefix(s, "krun-init: launch: launchparams: missing") || strings.Contains(s, "\n") {
+	if s := ie.Error(); !strings.HasPrefix(s, "krun-init: launch: launch params: missing") || strings.Contains(s, "\n") {
 		t.Fatalf("diagnostic %q", s)
 	}
-	if statusOf(asInitError(errors.New("x"))) != exitcodes.ConfidentialInternal {
+	if statusOf(asInitError(errors.New("x"))) != guestabi.StatusConfidentialInternal {
 		t.Fatal("a foreign error is not reported as an internal confidential failure")
 	}
 }

@@ -14,12 +14,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/krun-tee/krun-tee/init/stages"
+	"github.com/krun-tee/krun-tee/guestabi"
 )
 
 // exitPort is the I/O port the VMM watches: one byte written there is the
 // guest's exit status, and the VMM stops the VM.
-const exitPort = 0xf4
+const exitPort = guestabi.ExitPort
 
 // mountFS mounts a filesystem of type fstype from source at target,
 // creating target if needed.
@@ -192,12 +192,12 @@ const portDevice = "/dev/port"
 
 // reportStage writes stage s as one byte to the VMM's stage port through the
 // port device node (portDevice in the guest; a plain file in tests, where
-// the byte lands at offset stages.Port). Callers ignore the error: the
+// the byte lands at offset guestabi.StagePort). Callers ignore the error: the
 // stages are for timing, and timing must never break a boot. Unlike
 // reportExitStatus it makes no node of its own when /dev is missing: a boot
 // that lost devtmpfs is failing anyway, and one stage fewer costs nothing.
-func reportStage(node string, s stages.Stage) error {
-	return writePort(node, stages.Port, byte(s))
+func reportStage(node string, s guestabi.Stage) error {
+	return writePort(node, guestabi.StagePort, byte(s))
 }
 
 // writePort writes one byte at offset port of the port device node.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/krun-tee/krun-tee/tee"
 	"regexp"
 	"strings"
 )
@@ -23,10 +24,11 @@ const SessionCookie = "kbs-session-id"
 // certificate chain is a few KiB; TDX quotes with PEM chains ~5 KiB).
 const MaxRequestBody = 1 << 20
 
-// TEE names as they appear in the protocol's "tee" field.
+// TEE names as they appear in the protocol's "tee" field: the hardware
+// values of krun-tee's one TEE type.
 const (
-	TEESNP = "snp"
-	TEETDX = "tdx"
+	TEESNP = string(tee.SNP)
+	TEETDX = string(tee.TDX)
 )
 
 // Request is the body of POST /kbs/v0/auth.

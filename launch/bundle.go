@@ -70,20 +70,30 @@ func LoadBundle(dir string) (*Bundle, error) {
 	return b, nil
 }
 
+// OpenBundle loads the bundle in dir, or when dir is "" the one
+// DefaultBundleDir finds: the one place run, measure and image registration
+// resolve their firmware.
+func OpenBundle(dir string) (*Bundle, error) {
+	if dir == "" {
+		d, err := DefaultBundleDir()
+		if err != nil {
+			return nil, fmt.Errorf("%w (pass --bundle DIR)", err)
+		}
+		dir = d
+	}
+	return LoadBundle(dir)
+}
+
 // DefaultBundleDir returns $KRUN_TEE_BUNDLE, else <dir of the executable>/bundle,
 // else <dir of the executable>/../share/krun-tee: the first that exists.
 func DefaultBundleDir() (string, error) {
 	if d := os.Getenv(EnvBundle); d != "" {
 		return d, nil
 	}
-	exe, err := os.Executable()
+	dir, err := executableDir()
 	if err != nil {
-		return "", fmt.Errorf("launch: no bundle directory: $%s unset and the executable's path is unknown: %w", EnvBundle, err)
+		return "", fmt.Errorf("launch: no bundle directory: $%s unset and %w", EnvBundle, err)
 	}
-	if r, err := filepath.EvalSymlinks(exe); err == nil {
-		exe = r
-	}
-	dir := filepath.Dir(exe)
 	tried := []string{filepath.Join(dir, "bundle"), filepath.Join(dir, "..", "share", "krun-tee")}
 	for _, d := range tried {
 		if st, err := os.Stat(d); err == nil && st.IsDir() {
@@ -91,6 +101,64 @@ func DefaultBundleDir() (string, error) {
 		}
 	}
 	return "", fmt.Errorf("launch: no firmware bundle: $%s is unset and neither %s exists", EnvBundle, strings.Join(tried, " nor "))
+}
+
+// executableDir is the directory of the running binary, symlinks resolved:
+// installed firmware and kernels are found relative to it.
+func executableDir() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("the executable's path is unknown: %w", err)
+	}
+	if r, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = r
+	}
+	return filepath.Dir(exe), nil
+}
+
+// Where a plain launch looks for the guest kernel and initrd when no path is
+// given.
+const (
+	EnvKernel = "KRUN_TEE_KERNEL"
+	EnvInitrd = "KRUN_TEE_INITRD"
+)
+
+// loadBootFiles reads a plain launch's kernel and initrd: the paths given,
+// else the environment, else the ones installed next to the binary. The
+// initrd must fit in guest RAM, so its read is capped there.
+func loadBootFiles(kernelPath, initrdPath string, memMiB uint64) (kernel, initrd []byte, err error) {
+	dir, _ := executableDir()
+	share := filepath.Join(dir, "..", "share", "krun-tee")
+	if kernelPath, err = bootFile("kernel", kernelPath, EnvKernel, filepath.Join(share, "vmlinux"), filepath.Join(dir, "vmlinux")); err != nil {
+		return nil, nil, err
+	}
+	if initrdPath, err = bootFile("initrd", initrdPath, EnvInitrd, filepath.Join(share, "initrd"), filepath.Join(dir, "initrd.cpio")); err != nil {
+		return nil, nil, err
+	}
+	if kernel, err = readBounded(kernelPath, MaxKernelSize); err != nil {
+		return nil, nil, fmt.Errorf("launch: kernel: %w", err)
+	}
+	if initrd, err = readBounded(initrdPath, int64(memMiB)<<20); err != nil {
+		return nil, nil, fmt.Errorf("launch: initrd: %w", err)
+	}
+	return kernel, initrd, nil
+}
+
+// bootFile resolves the kernel or initrd: the path given, the environment
+// variable, then the first installed candidate that exists.
+func bootFile(what, path, env string, installed ...string) (string, error) {
+	if path != "" {
+		return path, nil
+	}
+	if v := os.Getenv(env); v != "" {
+		return v, nil
+	}
+	for _, p := range installed {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("launch: no guest %s: pass --%s, set %s, or install one at %s", what, what, env, strings.Join(installed, " or "))
 }
 
 // readBounded reads a whole regular file of at most limit bytes.

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/krun-tee/krun-tee/emulated/psp"
-	"github.com/krun-tee/krun-tee/emulated/tdxmodule"
 	"log/slog"
 	"net"
 	"os"
@@ -13,11 +11,13 @@ import (
 	"sync"
 
 	"github.com/krun-tee/krun-tee/attest"
-	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/emulated/psp"
+	"github.com/krun-tee/krun-tee/emulated/tdxmodule"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
 	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/sev"
 	"github.com/krun-tee/krun-tee/tdx"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
 // EnvEmulatedRoot names the emulated root directory (made by `krun-tee
@@ -45,7 +45,7 @@ const TDXFAM = tdx.DefaultXFAM
 // Emulated is an emulated TEE for one launch: the measurement it computed
 // over the launch layout and the quote provider that reports it.
 type Emulated struct {
-	TEE          string       // emulated-snp or emulated-tdx
+	TEE          tee.TEE      // EmulatedSNP or EmulatedTDX
 	Measurements Measurements // SNP for emulated-snp; MRTD and RTMRs for emulated-tdx
 	Provider     evidence.Provider
 }
@@ -53,12 +53,12 @@ type Emulated struct {
 // LoadEmulated loads the emulated root in rootDir (`krun-tee attest
 // emulated-root init --dir DIR`) and measures l as the emulated PSP or TDX
 // module would during its launch.
-func LoadEmulated(tee, rootDir string, l *layout.Layout) (*Emulated, error) {
+func LoadEmulated(t tee.TEE, rootDir string, l *layout.Layout) (*Emulated, error) {
 	if rootDir == "" {
-		return nil, fmt.Errorf("launch: %s needs an emulated root: pass --emulated-root DIR or set $%s (create one with `krun-tee attest emulated-root init --dir DIR`)", tee, EnvEmulatedRoot)
+		return nil, fmt.Errorf("launch: %s needs an emulated root: pass --emulated-root DIR or set $%s (create one with `krun-tee attest emulated-root init --dir DIR`)", t, EnvEmulatedRoot)
 	}
-	switch tee {
-	case launchparams.TEEEmulatedSNP:
+	switch t {
+	case tee.EmulatedSNP:
 		if err := checkRootDir(rootDir, attest.EmulatedSNPDir); err != nil {
 			return nil, err
 		}
@@ -67,7 +67,7 @@ func LoadEmulated(tee, rootDir string, l *layout.Layout) (*Emulated, error) {
 			return nil, fmt.Errorf("launch: emulated root %s: %w", rootDir, err)
 		}
 		return NewEmulatedSNP(chip, l)
-	case launchparams.TEEEmulatedTDX:
+	case tee.EmulatedTDX:
 		if err := checkRootDir(rootDir, attest.EmulatedTDXDir); err != nil {
 			return nil, err
 		}
@@ -77,7 +77,7 @@ func LoadEmulated(tee, rootDir string, l *layout.Layout) (*Emulated, error) {
 		}
 		return NewEmulatedTDX(m, l)
 	}
-	return nil, fmt.Errorf("launch: tee %q is not an emulated TEE", tee)
+	return nil, fmt.Errorf("launch: tee %q is not an emulated TEE", t)
 }
 
 func checkRootDir(root, sub string) error {
@@ -96,7 +96,7 @@ func NewEmulatedSNP(chip *psp.PSP, l *layout.Layout) (*Emulated, error) {
 		return nil, err
 	}
 	return &Emulated{
-		TEE:          launchparams.TEEEmulatedSNP,
+		TEE:          tee.EmulatedSNP,
 		Measurements: Measurements{SNP: d},
 		Provider: &psp.Provider{PSP: chip, Params: psp.ReportParams{
 			Measurement: d,
@@ -117,7 +117,7 @@ func NewEmulatedTDX(m *tdxmodule.Module, l *layout.Layout) (*Emulated, error) {
 	}
 	rtmrs := tdx.LaunchRTMRs()
 	return &Emulated{
-		TEE:          launchparams.TEEEmulatedTDX,
+		TEE:          tee.EmulatedTDX,
 		Measurements: Measurements{MRTD: d, RTMRs: rtmrs},
 		Provider: &tdxmodule.Provider{Module: m, Params: tdxmodule.QuoteParams{
 			MRTD:         d,

@@ -1,33 +1,24 @@
 package launch
 
 import (
-	"github.com/krun-tee/krun-tee/init/launchparams"
 	"github.com/krun-tee/krun-tee/layout"
+	"github.com/krun-tee/krun-tee/tee"
 	"github.com/krun-tee/krun-tee/vmm/boot"
 )
 
-// TEEKind is the family of TEE a layout is built for (boot.TEEKind): SEV-SNP
+// layoutKind maps a TEE to the firmware layout the shim boots: SEV-SNP
 // layouts carry the secrets and CPUID pages, TDX and plain ones do not.
-type TEEKind = boot.TEEKind
-
-// TEE families.
-const (
-	KindNone = boot.TEENone
-	KindSNP  = boot.TEESNP
-	KindTDX  = boot.TEETDX
-)
-
-// KindOf maps a launchparams TEE value to its family. Emulated TEEs launch
-// exactly the layout the real ones would; the shim runs an SNP or TDX
-// layout on plain KVM too (it hides the SNP CC blob from the kernel there).
-func KindOf(tee string) TEEKind {
-	switch tee {
-	case launchparams.TEESNP, launchparams.TEEEmulatedSNP:
-		return KindSNP
-	case launchparams.TEETDX, launchparams.TEEEmulatedTDX:
-		return KindTDX
+// Emulated TEEs launch exactly the layout of their hardware; the shim runs
+// an SNP or TDX layout on plain KVM too (it hides the SNP CC blob from the
+// kernel there).
+func layoutKind(t tee.TEE) boot.TEEKind {
+	switch t.Hardware() {
+	case tee.SNP:
+		return boot.TEESNP
+	case tee.TDX:
+		return boot.TEETDX
 	}
-	return KindNone
+	return boot.TEENone
 }
 
 // buildLayout is the one place that chooses the layout builder: firmware
@@ -35,6 +26,6 @@ func KindOf(tee string) TEEKind {
 // shim (the only start a real SNP/TDX guest can have). No CPUID page
 // contents are supplied: the launch measures a CPUID page as zeros either
 // way, and only real SNP hardware checks its contents.
-func buildLayout(cfg boot.Config, shim []byte, kind TEEKind) (*layout.Layout, error) {
-	return boot.BuildFirmware(boot.FirmwareConfig{Config: cfg, Shim: shim, TEE: kind})
+func buildLayout(cfg boot.Config, shim []byte, t tee.TEE) (*layout.Layout, error) {
+	return boot.BuildFirmware(boot.FirmwareConfig{Config: cfg, Shim: shim, TEE: layoutKind(t)})
 }

@@ -15,8 +15,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/krun-tee/krun-tee/attest"
-	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
+	"github.com/krun-tee/krun-tee/launchconfig"
 	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/luks"
 )
@@ -29,7 +30,7 @@ func FuzzCmdline(f *testing.F) {
 	}
 	b := testBundle()
 	f.Fuzz(func(t *testing.T, extra string) {
-		s, err := SpecFromConfig(testConfig(), b, "", 0, 0)
+		s, err := SpecFromConfig(testConfig(), b, Overrides{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -38,7 +39,7 @@ func FuzzCmdline(f *testing.F) {
 		if err != nil {
 			return
 		}
-		p, err := launchparams.Parse(c)
+		p, err := guestabi.ParseLaunchParams(c)
 		if err != nil {
 			t.Fatalf("guest cannot parse %q: %v", c, err)
 		}
@@ -55,7 +56,7 @@ func FuzzSpecFromToken(f *testing.F) {
 	good, _ := json.Marshal(struct {
 		Type     string   `json:"type"`
 		Keyslots []string `json:"keyslots"`
-		luks.LaunchConfig
+		launchconfig.Config
 	}{"krun-tee", []string{}, *testConfig()})
 	f.Add(good)
 	f.Add([]byte(`{"type":"krun-tee","keyslots":[],"workload_id":"w","kbs_url":"http://h","tee":"none","resource_path":"a/b/c","vcpus":1,"memory_mib":64}`))
@@ -67,7 +68,7 @@ func FuzzSpecFromToken(f *testing.F) {
 		if err != nil {
 			return
 		}
-		s, err := SpecFromConfig(lc, b, "", 0, 0)
+		s, err := SpecFromConfig(lc, b, Overrides{})
 		if err != nil {
 			return
 		}
@@ -75,7 +76,7 @@ func FuzzSpecFromToken(f *testing.F) {
 		if err != nil {
 			t.Fatalf("valid spec without a command line: %v", err)
 		}
-		p, err := launchparams.Parse(c)
+		p, err := guestabi.ParseLaunchParams(c)
 		if err != nil || p.WorkloadID != lc.WorkloadID || p.KBSURL != lc.KBSURL || p.KBSCA != lc.KBSCAFingerprint || p.TEE != lc.TEE || p.Resource != lc.ResourcePath {
 			t.Fatalf("token %s -> cmdline %q -> %+v, %v", raw, c, p, err)
 		}
@@ -196,7 +197,7 @@ func putLE64(b []byte, v uint64) {
 // per-page chain and the layout build.
 func BenchmarkMeasure(b *testing.B) {
 	bundle := benchBundle(b)
-	s, err := SpecFromConfig(testConfig(), bundle, "", 1, 512)
+	s, err := SpecFromConfig(testConfig(), bundle, Overrides{CPUs: 1, MemoryMiB: 512})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -17,11 +17,13 @@ import (
 	"testing"
 
 	"github.com/krun-tee/krun-tee/attest"
-	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
+	"github.com/krun-tee/krun-tee/launchconfig"
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/sev"
 	"github.com/krun-tee/krun-tee/tdx"
+	"github.com/krun-tee/krun-tee/tee"
 	"github.com/krun-tee/krun-tee/vmm/boot"
 )
 
@@ -102,13 +104,13 @@ func writeBundle(t *testing.T, b *Bundle) string {
 
 const testCA = "5f3d6b1e0c2a4f8e9d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e"
 
-func testConfig() *luks.LaunchConfig {
-	return &luks.LaunchConfig{WorkloadID: "web", KBSURL: "https://kbs.example:8443", KBSCAFingerprint: testCA,
-		TEE: luks.TEEEmulatedSNP, ResourcePath: "default/krun-tee/web", VCPUs: 2, MemoryMiB: 256}
+func testConfig() *launchconfig.Config {
+	return &launchconfig.Config{WorkloadID: "web", KBSURL: "https://kbs.example:8443", KBSCAFingerprint: testCA,
+		TEE: tee.EmulatedSNP, ResourcePath: "default/krun-tee/web", VCPUs: 2, MemoryMiB: 256}
 }
 
 // makeImage writes a real LUKS2 image (krun-tee's own format) holding lc.
-func makeImage(t *testing.T, lc *luks.LaunchConfig) string {
+func makeImage(t *testing.T, lc *launchconfig.Config) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "image.luks")
 	f, err := os.Create(path)
@@ -181,15 +183,15 @@ func TestSpecFromImage(t *testing.T) {
 	lc := testConfig()
 	img := makeImage(t, lc)
 	b := testBundle()
-	s, err := SpecFromImage(img, b, "", 0, 0)
+	s, err := SpecFromImage(img, b, Overrides{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := launchparams.Params{WorkloadID: "web", KBSURL: lc.KBSURL, KBSCA: testCA, TEE: "emulated-snp", Resource: "default/krun-tee/web"}
+	want := guestabi.LaunchParams{WorkloadID: "web", KBSURL: lc.KBSURL, KBSCA: testCA, TEE: "emulated-snp", Resource: "default/krun-tee/web"}
 	if s.Params != want || s.CPUs != 2 || s.MemoryMiB != 256 || s.Bundle != b {
 		t.Fatalf("spec %+v", s)
 	}
-	s, err = SpecFromImage(img, b, "emulated-tdx", 3, 512)
+	s, err = SpecFromImage(img, b, Overrides{TEE: tee.EmulatedTDX, CPUs: 3, MemoryMiB: 512})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,29 +202,36 @@ func TestSpecFromImage(t *testing.T) {
 	// An image without a CA pin launches unpinned (measured as such).
 	un := testConfig()
 	un.KBSURL, un.KBSCAFingerprint = "http://127.0.0.1:8080", ""
-	s, err = SpecFromImage(makeImage(t, un), b, "", 0, 0)
+	s, err = SpecFromImage(makeImage(t, un), b, Overrides{})
 	if err != nil || !s.Params.Unpinned {
 		t.Fatalf("unpinned: %+v %v", s, err)
 	}
 
 	bad := []struct {
 		name string
-		mod  func(*luks.LaunchConfig)
+		mod  func(*launchconfig.Config)
 		tee  string
 		want string
 	}{
-		{"no kbs", func(c *luks.LaunchConfig) { c.KBSURL = "" }, "", "no KBS URL"},
-		{"no resource", func(c *luks.LaunchConfig) { c.ResourcePath = "" }, "", "no KBS resource"},
+		{"no kbs", func(c *launchconfig.Config) { c.KBSURL = "" }, "", "no KBS URL"},
+		{"no resource", func(c *launchconfig.Config) { c.ResourcePath = "" }, "", "no KBS resource"},
 		{"bad override", nil, "sgx", `tee "sgx"`},
-		{"too many cpus", func(c *luks.LaunchConfig) { c.VCPUs = 256 }, "", "vCPUs"},
-		{"too little memory", func(c *luks.LaunchConfig) { c.MemoryMiB = 4 }, "", "MiB of memory"},
+		{"too many cpus", nil, "", "255 vCPUs"},
+		{"too little memory", nil, "", "8 MiB of memory"},
 	}
 	for _, tc := range bad {
 		c := testConfig()
 		if tc.mod != nil {
 			tc.mod(c)
 		}
-		_, err := SpecFromImage(makeImage(t, c), b, tc.tee, 0, 0)
+		o := Overrides{TEE: tee.TEE(tc.tee)}
+		switch tc.name {
+		case "too many cpus":
+			o.CPUs = 255 // what mkimage accepted before the one validator
+		case "too little memory":
+			o.MemoryMiB = 8
+		}
+		_, err := SpecFromImage(makeImage(t, c), b, o)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 		}
@@ -235,19 +244,19 @@ func TestSpecFromImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	if _, err := SpecFromImage(plain, b, "", 0, 0); err == nil || !strings.Contains(err.Error(), "no krun-tee launch configuration") {
+	if _, err := SpecFromImage(plain, b, Overrides{}); err == nil || !strings.Contains(err.Error(), "no krun-tee launch configuration") {
 		t.Errorf("no token: %v", err)
 	}
 	junk := filepath.Join(t.TempDir(), "junk")
 	os.WriteFile(junk, make([]byte, 1<<20), 0o644)
-	if _, err := SpecFromImage(junk, b, "", 0, 0); err == nil {
+	if _, err := SpecFromImage(junk, b, Overrides{}); err == nil {
 		t.Error("a zero-filled file was accepted as an image")
 	}
 }
 
 func testSpec(t *testing.T) *Spec {
 	t.Helper()
-	s, err := SpecFromConfig(testConfig(), testBundle(), "", 0, 0)
+	s, err := SpecFromConfig(testConfig(), testBundle(), Overrides{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +278,7 @@ func TestCmdline(t *testing.T) {
 		t.Fatalf("cmdline\n got %q\nwant %q", got, want)
 	}
 	// The guest reads back exactly the spec's parameters.
-	p, err := launchparams.Parse(got)
+	p, err := guestabi.ParseLaunchParams(got)
 	if err != nil || *p != s.Params {
 		t.Fatalf("guest parse: %+v %v", p, err)
 	}
@@ -305,7 +314,7 @@ func TestMeasureDeterministicAndSensitive(t *testing.T) {
 	}
 	// MRTD is over the TD layout: the same spec launched as a TD (no SNP
 	// secrets and CPUID pages).
-	tl, err := testSpec(t).layoutFor(KindTDX)
+	tl, err := testSpec(t).layoutFor(tee.TDX)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -471,10 +480,11 @@ func TestMeasureEqualsEmulatedQuote(t *testing.T) {
 func TestSelectTEE(t *testing.T) {
 	none, snp, tdxHost := HostTEE{}, HostTEE{SNP: true}, HostTEE{TDX: true}
 	tests := []struct {
-		requested, image string
-		host             HostTEE
-		want             string
-		err              error
+		requested string
+		image     tee.TEE
+		host      HostTEE
+		want      tee.TEE
+		err       error
 	}{
 		{"", "emulated-snp", none, "emulated-snp", nil},
 		{"", "emulated-tdx", none, "emulated-tdx", nil},
@@ -524,9 +534,9 @@ func TestLoadEmulatedErrors(t *testing.T) {
 		t.Errorf("no root: %v", err)
 	}
 	empty := t.TempDir()
-	for _, tee := range []string{"emulated-snp", "emulated-tdx"} {
-		if _, err := LoadEmulated(tee, empty, l); err == nil || !strings.Contains(err.Error(), "emulated-root init") {
-			t.Errorf("%s, empty root: %v", tee, err)
+	for _, te := range []tee.TEE{tee.EmulatedSNP, tee.EmulatedTDX} {
+		if _, err := LoadEmulated(te, empty, l); err == nil || !strings.Contains(err.Error(), "emulated-root init") {
+			t.Errorf("%s, empty root: %v", te, err)
 		}
 	}
 	if _, err := LoadEmulated("snp", empty, l); err == nil {
@@ -601,5 +611,17 @@ func TestKBSAddress(t *testing.T) {
 		if err != nil || got != want {
 			t.Errorf("KBSAddress(%q) = %q, %v; want %q", in, got, err, want)
 		}
+	}
+}
+
+// TestLaunchConfigBoundsMatchVMM: the launch-configuration validator (a leaf
+// the guest links, so it cannot import vmm/boot) must accept exactly the VM
+// sizes the VMM boots.
+func TestLaunchConfigBoundsMatchVMM(t *testing.T) {
+	if launchconfig.MaxVCPUs != boot.MaxVCPUs {
+		t.Errorf("launchconfig.MaxVCPUs %d != boot.MaxVCPUs %d", launchconfig.MaxVCPUs, boot.MaxVCPUs)
+	}
+	if launchconfig.MinMemoryMiB != boot.MinMemory>>20 || launchconfig.MaxMemoryMiB != boot.MaxMemory>>20 {
+		t.Errorf("launchconfig memory %d-%d MiB != boot %d-%d MiB", launchconfig.MinMemoryMiB, launchconfig.MaxMemoryMiB, boot.MinMemory>>20, boot.MaxMemory>>20)
 	}
 }

@@ -5,15 +5,15 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 
-	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/guestabi"
+	"github.com/krun-tee/krun-tee/launchconfig"
 	"github.com/krun-tee/krun-tee/layout"
-	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/sev"
 	"github.com/krun-tee/krun-tee/tdx"
+	"github.com/krun-tee/krun-tee/tee"
 	"github.com/krun-tee/krun-tee/vmm/boot"
 )
 
@@ -39,36 +39,36 @@ const VMSAFeatures = 0
 // extra kernel arguments.
 type Spec struct {
 	Bundle       *Bundle
-	Params       launchparams.Params
+	Params       guestabi.LaunchParams
 	CPUs         int
 	MemoryMiB    int
 	ExtraCmdline string
 }
 
-// SpecFromImage reads the krun-tee LUKS2 token of the image at imagePath
-// and returns its launch spec. A non-empty teeOverride (none, snp, tdx,
-// emulated-snp, emulated-tdx) replaces the token's TEE; cpus and memMiB
-// above zero replace the token's VM size. Every override changes the
-// measurement, so a KBS that registered the image's own values refuses the
-// guest.
-func SpecFromImage(imagePath string, b *Bundle, teeOverride string, cpus, memMiB int) (*Spec, error) {
-	f, v, err := luks.OpenFile(imagePath, os.O_RDONLY)
-	if err != nil {
-		return nil, fmt.Errorf("launch: %w", err)
-	}
-	defer f.Close()
-	lc, err := v.ReadLaunchConfig()
-	if err != nil {
-		if errors.Is(err, luks.ErrNoLaunchConfig) {
-			return nil, fmt.Errorf("launch: %s has no krun-tee launch configuration (make it with `krun-tee mkimage`)", imagePath)
-		}
-		return nil, fmt.Errorf("launch: %s: %w", imagePath, err)
-	}
-	return SpecFromConfig(lc, b, teeOverride, cpus, memMiB)
+// Overrides replace parts of an image's launch configuration for one launch.
+// Every override changes the measurement, so a KBS that registered the
+// image's own values refuses the guest.
+type Overrides struct {
+	TEE       tee.TEE // "" keeps the image's
+	CPUs      int     // 0 keeps the image's
+	MemoryMiB int     // 0 keeps the image's
+	// ExtraCmdline is appended to the measured kernel command line.
+	ExtraCmdline string
 }
 
-// SpecFromConfig is SpecFromImage for a launch configuration already read.
-func SpecFromConfig(lc *luks.LaunchConfig, b *Bundle, teeOverride string, cpus, memMiB int) (*Spec, error) {
+// SpecFromImage reads the launch configuration of the image at imagePath
+// (ReadImageConfig) and returns its launch spec with o applied.
+func SpecFromImage(imagePath string, b *Bundle, o Overrides) (*Spec, error) {
+	lc, err := ReadImageConfig(imagePath)
+	if err != nil {
+		return nil, err
+	}
+	return SpecFromConfig(lc, b, o)
+}
+
+// SpecFromConfig returns the launch spec of a launch configuration already
+// read, with o applied.
+func SpecFromConfig(lc *launchconfig.Config, b *Bundle, o Overrides) (*Spec, error) {
 	if b == nil {
 		return nil, errors.New("launch: no firmware bundle")
 	}
@@ -83,7 +83,7 @@ func SpecFromConfig(lc *luks.LaunchConfig, b *Bundle, teeOverride string, cpus, 
 	}
 	s := &Spec{
 		Bundle: b,
-		Params: launchparams.Params{
+		Params: guestabi.LaunchParams{
 			WorkloadID: lc.WorkloadID,
 			KBSURL:     lc.KBSURL,
 			KBSCA:      lc.KBSCAFingerprint,
@@ -93,17 +93,18 @@ func SpecFromConfig(lc *luks.LaunchConfig, b *Bundle, teeOverride string, cpus, 
 			// the flag is measured, so a KBS can refuse such guests.
 			Unpinned: lc.KBSCAFingerprint == "",
 		},
-		CPUs:      lc.VCPUs,
-		MemoryMiB: lc.MemoryMiB,
+		CPUs:         lc.VCPUs,
+		MemoryMiB:    lc.MemoryMiB,
+		ExtraCmdline: o.ExtraCmdline,
 	}
-	if teeOverride != "" {
-		s.Params.TEE = teeOverride
+	if o.TEE != "" {
+		s.Params.TEE = o.TEE
 	}
-	if cpus > 0 {
-		s.CPUs = cpus
+	if o.CPUs > 0 {
+		s.CPUs = o.CPUs
 	}
-	if memMiB > 0 {
-		s.MemoryMiB = memMiB
+	if o.MemoryMiB > 0 {
+		s.MemoryMiB = o.MemoryMiB
 	}
 	if err := s.validate(); err != nil {
 		return nil, err
@@ -115,17 +116,17 @@ func (s *Spec) validate() error {
 	switch {
 	case s.Bundle == nil:
 		return errors.New("launch: no firmware bundle")
-	case s.CPUs < 1 || s.CPUs > boot.MaxVCPUs:
-		return fmt.Errorf("launch: %d vCPUs: want 1..%d", s.CPUs, boot.MaxVCPUs)
-	case s.MemoryMiB < boot.MinMemory>>20 || uint64(s.MemoryMiB) > boot.MaxMemory>>20:
-		return fmt.Errorf("launch: %d MiB of memory: want %d..%d", s.MemoryMiB, boot.MinMemory>>20, boot.MaxMemory>>20)
+	}
+	if err := launchconfig.ValidateVCPUs(s.CPUs); err != nil {
+		return fmt.Errorf("launch: %w", err)
+	}
+	if err := launchconfig.ValidateMemoryMiB(s.MemoryMiB); err != nil {
+		return fmt.Errorf("launch: %w", err)
 	}
 	if err := s.Params.Validate(); err != nil {
 		return fmt.Errorf("launch: %w", err)
 	}
-	// launchparams and the LUKS token accept any URL with a non-empty
-	// authority ("https://:" included); the host must also be able to relay
-	// to it.
+	// The host must also be able to relay to the KBS URL.
 	if _, err := KBSAddress(s.Params.KBSURL); err != nil {
 		return err
 	}
@@ -152,7 +153,7 @@ func (s *Spec) Cmdline() (string, error) {
 	if extra := strings.TrimSpace(s.ExtraCmdline); extra != "" {
 		full += " " + extra
 	}
-	got, err := launchparams.Parse(full)
+	got, err := guestabi.ParseLaunchParams(full)
 	if err != nil {
 		return "", fmt.Errorf("launch: extra command-line arguments %q: %w", s.ExtraCmdline, err)
 	}
@@ -166,14 +167,11 @@ func (s *Spec) Cmdline() (string, error) {
 	return c, nil
 }
 
-// Kind returns the TEE family the spec launches as.
-func (s *Spec) Kind() TEEKind { return KindOf(s.Params.TEE) }
-
 // Layout builds the launch layout the spec boots: firmware, boot
 // structures, command line, kernel, initrd and the vCPU start states.
-func (s *Spec) Layout() (*layout.Layout, error) { return s.layoutFor(s.Kind()) }
+func (s *Spec) Layout() (*layout.Layout, error) { return s.layoutFor(s.Params.TEE) }
 
-func (s *Spec) layoutFor(kind TEEKind) (*layout.Layout, error) {
+func (s *Spec) layoutFor(t tee.TEE) (*layout.Layout, error) {
 	cmdline, err := s.Cmdline()
 	if err != nil {
 		return nil, err
@@ -184,7 +182,7 @@ func (s *Spec) layoutFor(kind TEEKind) (*layout.Layout, error) {
 		Cmdline:    cmdline,
 		MemorySize: uint64(s.MemoryMiB) << 20,
 		VCPUs:      s.CPUs,
-	}, s.Bundle.Shim, kind)
+	}, s.Bundle.Shim, t)
 	if err != nil {
 		return nil, fmt.Errorf("launch: %w", err)
 	}
@@ -207,14 +205,14 @@ type Measurements struct {
 // measured into MRTD.
 func (s *Spec) Measure() (*Measurements, error) {
 	var m Measurements
-	snpL, err := s.layoutFor(KindSNP)
+	snpL, err := s.layoutFor(tee.SNP)
 	if err != nil {
 		return nil, err
 	}
 	if m.SNP, err = MeasureSNP(snpL); err != nil {
 		return nil, err
 	}
-	tdxL, err := s.layoutFor(KindTDX)
+	tdxL, err := s.layoutFor(tee.TDX)
 	if err != nil {
 		return nil, err
 	}

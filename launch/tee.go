@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
-// Values of `krun-tee run --tee` beyond the launchparams TEE names.
+// Values of `krun-tee run --tee` beyond the TEE names (package tee).
 const (
 	// ModeImage (the empty string) launches with the TEE recorded in the
 	// image: emulated-* images run emulated (their measurement names the
@@ -33,46 +33,41 @@ var ErrNoHardwareTEE = errors.New("no SEV-SNP/TDX on this host; use --tee emulat
 var ErrRealLaunchUnimplemented = errors.New("real SEV-SNP/TDX launches are not implemented in krun-tee yet")
 
 // SelectTEE resolves a --tee request against the image's recorded TEE and
-// the host's capabilities, and returns the launchparams TEE to launch as.
+// the host's capabilities, and returns the TEE to launch as.
 // Real SNP/TDX are refused even when present (ErrRealLaunchUnimplemented
 // names the missing KVM launch steps); without hardware the refusal is
 // ErrNoHardwareTEE. Emulated TEEs are chosen only when asked for, by flag
 // or by the image.
-func SelectTEE(requested, imageTEE string, host HostTEE) (string, error) {
-	want := requested
-	if want == ModeImage {
+func SelectTEE(requested string, imageTEE tee.TEE, host HostTEE) (tee.TEE, error) {
+	want := tee.TEE(requested)
+	if requested == ModeImage {
 		want = imageTEE
 	}
 	switch want {
-	case launchparams.TEENone, launchparams.TEEEmulatedSNP, launchparams.TEEEmulatedTDX:
+	case tee.None, tee.EmulatedSNP, tee.EmulatedTDX:
 		return want, nil
 	case ModeAuto:
 		switch {
 		case host.SNP:
-			want = launchparams.TEESNP
+			want = tee.SNP
 		case host.TDX:
-			want = launchparams.TEETDX
+			want = tee.TDX
 		default:
 			return "", ErrNoHardwareTEE
 		}
-	case launchparams.TEESNP:
+	case tee.SNP:
 		if !host.SNP {
 			return "", fmt.Errorf("the image asks for SEV-SNP: %w", ErrNoHardwareTEE)
 		}
-	case launchparams.TEETDX:
+	case tee.TDX:
 		if !host.TDX {
 			return "", fmt.Errorf("the image asks for TDX: %w", ErrNoHardwareTEE)
 		}
 	default:
 		return "", fmt.Errorf("tee %q: want auto, none, snp, tdx, emulated-snp or emulated-tdx", want)
 	}
-	if want == launchparams.TEESNP {
+	if want == tee.SNP {
 		return "", fmt.Errorf("this host has SEV-SNP, but %w: the KVM_SEV_INIT2, SNP_LAUNCH_START/UPDATE/FINISH and guest_memfd steps are missing (the emulated TEE runs with --tee emulated-snp)", ErrRealLaunchUnimplemented)
 	}
 	return "", fmt.Errorf("this host has TDX, but %w: the KVM_TDX_INIT_VM/INIT_VCPU/INIT_MEM_REGION/FINALIZE_VM steps are missing (the emulated TEE runs with --tee emulated-tdx)", ErrRealLaunchUnimplemented)
-}
-
-// IsEmulated reports whether tee is one of the emulated TEEs.
-func IsEmulated(tee string) bool {
-	return tee == launchparams.TEEEmulatedSNP || tee == launchparams.TEEEmulatedTDX
 }

@@ -38,6 +38,12 @@ type Config struct {
 	ResourcePath string `json:"resource_path,omitempty"`
 	VCPUs        int    `json:"vcpus"`
 	MemoryMiB    int    `json:"memory_mib"`
+	// ImageDigest is the container image the root filesystem was built
+	// from ("sha256:<64 hex>", `mkimage --from-oci`); informational, absent
+	// in images built from a directory and in older tokens. It is not a
+	// launch parameter: the filesystem is encrypted and its key released
+	// for the measurement, not for the digest.
+	ImageDigest string `json:"image_digest,omitempty"`
 }
 
 // Bounds of a launchable VM. They equal the VMM's own limits (vmm/boot; a
@@ -58,7 +64,10 @@ const (
 	MaxResourcePathLen = 3*128 + 2
 )
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+var (
+	idPattern          = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	imageDigestPattern = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+)
 
 // Validate checks every field. The configuration comes from an untrusted
 // header or command line, so nothing is assumed.
@@ -86,6 +95,9 @@ func (c *Config) Validate() error {
 		if err := ValidateResourcePath(c.ResourcePath); err != nil {
 			return err
 		}
+	}
+	if c.ImageDigest != "" && !imageDigestPattern.MatchString(c.ImageDigest) {
+		return fmt.Errorf("launch config: image digest %q is not sha256:<64 lowercase hex digits>", truncate(c.ImageDigest, 80))
 	}
 	if err := ValidateVCPUs(c.VCPUs); err != nil {
 		return err

@@ -28,6 +28,10 @@ func TestValidate(t *testing.T) {
 		{"id dots", func(c *Config) { c.WorkloadID = "a.b_c-d" }, ""},
 		{"http unpinned", func(c *Config) { c.KBSURL, c.KBSCAFingerprint = "http://127.0.0.1:8080", "" }, ""},
 		{"ipv6", func(c *Config) { c.KBSURL = "https://[::1]:8443" }, ""},
+		{"image digest", func(c *Config) { c.ImageDigest = "sha256:" + strings.Repeat("0f", 32) }, ""},
+		{"image digest no alg", func(c *Config) { c.ImageDigest = strings.Repeat("ab", 32) }, "image digest"},
+		{"image digest short", func(c *Config) { c.ImageDigest = "sha256:abcd" }, "image digest"},
+		{"image digest upper", func(c *Config) { c.ImageDigest = "sha256:" + strings.Repeat("AB", 32) }, "image digest"},
 
 		// The cases that used to pass mkimage and fail run, or pass the
 		// KBS and fail mkimage.

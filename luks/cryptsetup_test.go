@@ -13,6 +13,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/krun-tee/krun-tee/launchconfig"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
 // These tests check interoperability against the real cryptsetup binary
@@ -202,7 +205,7 @@ func TestOurImagesPassCryptsetup(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			lc := &LaunchConfig{WorkloadID: "w1", KBSURL: "https://kbs.example:8080", TEE: TEEEmulatedSNP,
+			lc := &launchconfig.Config{WorkloadID: "w1", KBSURL: "https://kbs.example:8080", TEE: tee.EmulatedSNP,
 				ResourcePath: "default/krun-tee/w1", VCPUs: 2, MemoryMiB: 512,
 				KBSCAFingerprint: strings.Repeat("ab", 32)}
 			if err := v.SetLaunchConfig(f, lc); err != nil {
@@ -263,7 +266,7 @@ func TestCryptsetupTokensSurvive(t *testing.T) {
 		t.Fatalf("token import: %v\n%s", err, out)
 	}
 	f, v := openFile(t, img)
-	lc := &LaunchConfig{WorkloadID: "w2", TEE: TEENone, VCPUs: 1, MemoryMiB: 128}
+	lc := &launchconfig.Config{WorkloadID: "w2", TEE: tee.None, VCPUs: 1, MemoryMiB: 128}
 	if err := v.SetLaunchConfig(f, lc); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,9 @@ import (
 	"io"
 	"strconv"
 	"testing"
+
+	"github.com/krun-tee/krun-tee/launchconfig"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
 // sparseDevice serves data followed by zeros up to size, so a fuzz input
@@ -34,7 +37,7 @@ func (s sparseDevice) ReadAt(p []byte, off int64) (int, error) {
 func fuzzSeeds(f *testing.F) [][]byte {
 	dev, v, _ := newTestVolume(f, []byte("fuzz"))
 	plain := append([]byte(nil), dev.b[:2*DefaultHeaderSize]...)
-	v.SetLaunchConfig(dev, &LaunchConfig{WorkloadID: "w", KBSURL: "https://k:1", TEE: TEEEmulatedTDX, VCPUs: 1, MemoryMiB: 64})
+	v.SetLaunchConfig(dev, &launchconfig.Config{WorkloadID: "w", KBSURL: "https://k:1", TEE: tee.EmulatedTDX, VCPUs: 1, MemoryMiB: 64})
 	withToken := append([]byte(nil), dev.b[:2*DefaultHeaderSize]...)
 	damaged := append([]byte(nil), withToken...)
 	damaged[offChecksum] ^= 1

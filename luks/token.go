@@ -1,14 +1,12 @@
 package luks
 
 import (
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
-	"regexp"
 	"strconv"
-	"strings"
+
+	"github.com/krun-tee/krun-tee/launchconfig"
 )
 
 // Tokens returns the raw JSON of every token by id. Unknown token types are
@@ -73,103 +71,15 @@ func tokenType(raw json.RawMessage) string {
 	return t.Type
 }
 
-// LaunchConfigTokenType is the LUKS2 token type holding a LaunchConfig.
+// LaunchConfigTokenType is the LUKS2 token type holding a launch
+// configuration (launchconfig.Config).
 const LaunchConfigTokenType = "krun-tee"
-
-// TEE types a LaunchConfig may name.
-const (
-	TEESNP         = "snp"
-	TEETDX         = "tdx"
-	TEEEmulatedSNP = "emulated-snp"
-	TEEEmulatedTDX = "emulated-tdx"
-	TEENone        = "none"
-)
-
-// LaunchConfig is what `krun-tee run` needs to launch an image: which
-// workload it is, where its key broker is and how to authenticate it, which
-// TEE to use and the VM size. It is stored in the image header in plaintext
-// (the header is not encrypted); the guest does not trust it, because the
-// values that matter are measured through the kernel command line.
-type LaunchConfig struct {
-	WorkloadID string `json:"workload_id"`
-	KBSURL     string `json:"kbs_url,omitempty"`
-	// KBSCAFingerprint is the lowercase hex SHA-256 of the KBS CA
-	// certificate (DER) the guest pins.
-	KBSCAFingerprint string `json:"kbs_ca_fingerprint,omitempty"`
-	TEE              string `json:"tee"`
-	// ResourcePath is the KBS resource holding the passphrase, as
-	// repository/type/tag, e.g. "default/krun-tee/<workload-id>".
-	ResourcePath string `json:"resource_path,omitempty"`
-	VCPUs        int    `json:"vcpus"`
-	MemoryMiB    int    `json:"memory_mib"`
-	// ImageDigest is the container image the root filesystem was built
-	// from ("sha256:<64 hex>", `mkimage --from-oci`); informational, absent
-	// in images built from a directory and in older tokens.
-	ImageDigest string `json:"image_digest,omitempty"`
-}
-
-// Bounds for a LaunchConfig.
-const (
-	MaxVCPUs     = 256
-	MaxMemoryMiB = 1 << 20 // 1 TiB
-)
-
-var (
-	imageDigestPattern = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
-	workloadIDPattern  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-	resourcePart       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-)
-
-// Validate checks every field: the config comes from an untrusted header.
-func (c *LaunchConfig) Validate() error {
-	if !workloadIDPattern.MatchString(c.WorkloadID) {
-		return fmt.Errorf("luks: launch config: workload id %q must be 1-128 of [A-Za-z0-9._-], starting alphanumeric", c.WorkloadID)
-	}
-	if c.KBSURL != "" {
-		u, err := url.Parse(c.KBSURL)
-		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
-			return fmt.Errorf("luks: launch config: KBS URL %q is not an http(s)://host[:port] URL", c.KBSURL)
-		}
-	}
-	if c.KBSCAFingerprint != "" {
-		b, err := hex.DecodeString(c.KBSCAFingerprint)
-		if err != nil || len(b) != 32 || strings.ToLower(c.KBSCAFingerprint) != c.KBSCAFingerprint {
-			return fmt.Errorf("luks: launch config: KBS CA fingerprint %q is not 64 lowercase hex digits (SHA-256)", c.KBSCAFingerprint)
-		}
-	}
-	switch c.TEE {
-	case TEESNP, TEETDX, TEEEmulatedSNP, TEEEmulatedTDX, TEENone:
-	default:
-		return fmt.Errorf("luks: launch config: TEE %q is not snp, tdx, emulated-snp, emulated-tdx or none", c.TEE)
-	}
-	if c.ResourcePath != "" {
-		parts := strings.Split(c.ResourcePath, "/")
-		if len(parts) != 3 {
-			return fmt.Errorf("luks: launch config: resource path %q is not repository/type/tag", c.ResourcePath)
-		}
-		for _, p := range parts {
-			if !resourcePart.MatchString(p) {
-				return fmt.Errorf("luks: launch config: resource path %q has an invalid part %q", c.ResourcePath, p)
-			}
-		}
-	}
-	if c.ImageDigest != "" && !imageDigestPattern.MatchString(c.ImageDigest) {
-		return fmt.Errorf("luks: launch config: image digest %q is not sha256:<64 lowercase hex digits>", c.ImageDigest)
-	}
-	if c.VCPUs < 1 || c.VCPUs > MaxVCPUs {
-		return fmt.Errorf("luks: launch config: %d vCPUs out of range 1..%d", c.VCPUs, MaxVCPUs)
-	}
-	if c.MemoryMiB < 1 || c.MemoryMiB > MaxMemoryMiB {
-		return fmt.Errorf("luks: launch config: %d MiB of memory out of range 1..%d", c.MemoryMiB, MaxMemoryMiB)
-	}
-	return nil
-}
 
 // launchToken is the token's JSON: the LUKS2 token members plus the config.
 type launchToken struct {
 	Type     string   `json:"type"`
 	Keyslots []string `json:"keyslots"`
-	LaunchConfig
+	launchconfig.Config
 }
 
 // ErrNoLaunchConfig: the volume has no krun-tee token.
@@ -190,7 +100,7 @@ func (v *Volume) LaunchConfigTokenID() int {
 }
 
 // ReadLaunchConfig decodes and validates the krun-tee token.
-func (v *Volume) ReadLaunchConfig() (*LaunchConfig, error) {
+func (v *Volume) ReadLaunchConfig() (*launchconfig.Config, error) {
 	id := v.LaunchConfigTokenID()
 	if id < 0 {
 		return nil, ErrNoLaunchConfig
@@ -199,7 +109,7 @@ func (v *Volume) ReadLaunchConfig() (*LaunchConfig, error) {
 }
 
 // ParseLaunchConfigToken decodes a krun-tee token's JSON.
-func ParseLaunchConfigToken(raw []byte) (*LaunchConfig, error) {
+func ParseLaunchConfigToken(raw []byte) (*launchconfig.Config, error) {
 	var t launchToken
 	if err := json.Unmarshal(raw, &t); err != nil {
 		return nil, fmt.Errorf("luks: krun-tee token: %w", err)
@@ -207,20 +117,20 @@ func ParseLaunchConfigToken(raw []byte) (*LaunchConfig, error) {
 	if t.Type != LaunchConfigTokenType {
 		return nil, fmt.Errorf("luks: token type %q is not %q", t.Type, LaunchConfigTokenType)
 	}
-	if err := t.LaunchConfig.Validate(); err != nil {
-		return nil, err
+	if err := t.Config.Validate(); err != nil {
+		return nil, fmt.Errorf("luks: krun-tee token: %w", err)
 	}
-	return &t.LaunchConfig, nil
+	return &t.Config, nil
 }
 
 // SetLaunchConfig validates c and stores it as the krun-tee token
 // (replacing an existing one, else at the lowest free token id), then
 // rewrites both headers.
-func (v *Volume) SetLaunchConfig(dev ReadWriterAt, c *LaunchConfig) error {
+func (v *Volume) SetLaunchConfig(dev ReadWriterAt, c *launchconfig.Config) error {
 	if err := c.Validate(); err != nil {
-		return err
+		return fmt.Errorf("luks: krun-tee token: %w", err)
 	}
-	raw, err := json.Marshal(launchToken{Type: LaunchConfigTokenType, Keyslots: []string{}, LaunchConfig: *c})
+	raw, err := json.Marshal(launchToken{Type: LaunchConfigTokenType, Keyslots: []string{}, Config: *c})
 	if err != nil {
 		return fmt.Errorf("luks: krun-tee token: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 
+	"github.com/krun-tee/krun-tee/launchconfig"
 	"github.com/krun-tee/krun-tee/luks"
 )
 
@@ -65,7 +66,7 @@ type inspectOutput struct {
 	Segments          []inspectSegment           `json:"segments"`
 	Digests           []inspectDigest            `json:"digests"`
 	Tokens            map[string]json.RawMessage `json:"tokens"`
-	LaunchConfig      *luks.LaunchConfig         `json:"launch_config"`
+	LaunchConfig      *launchconfig.Config       `json:"launch_config"`
 	LaunchConfigError string                     `json:"launch_config_error,omitempty"`
 }
 

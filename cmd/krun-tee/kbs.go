@@ -16,7 +16,7 @@ import (
 
 	"github.com/krun-tee/krun-tee/kbs"
 	kbsserver "github.com/krun-tee/krun-tee/kbs/server"
-	"github.com/krun-tee/krun-tee/luks"
+	"github.com/krun-tee/krun-tee/launch"
 )
 
 func init() {
@@ -421,7 +421,7 @@ func registerImage(ctx context.Context, reg *registration, args []string, stdout
 	if *image == "" || *passFile == "" || fs.NArg() != 0 {
 		return usagef("register --image needs --image IMAGE and --passphrase-file F")
 	}
-	lc, err := readImageLaunchConfig(*image)
+	lc, err := launch.ReadImageConfig(*image)
 	if err != nil {
 		return err
 	}
@@ -434,26 +434,4 @@ func registerImage(ctx context.Context, reg *registration, args []string, stdout
 		return fmt.Errorf("--passphrase-file %s is empty", *passFile)
 	}
 	return reg.registerOrPrint(ctx, *image, lc, pass, stdout)
-}
-
-// readImageLaunchConfig reads the krun-tee token of an image's LUKS2 header.
-func readImageLaunchConfig(path string) (*luks.LaunchConfig, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("image: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("image: %w", err)
-	}
-	v, err := luks.Open(f, st.Size())
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", path, err)
-	}
-	lc, err := v.ReadLaunchConfig()
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", path, err)
-	}
-	return lc, nil
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"github.com/krun-tee/krun-tee/imagebuild"
 	"io"
 	"net"
 	"net/http"
@@ -180,9 +181,9 @@ func TestDevTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The logged fingerprint is the one mkimage --kbs-ca computes from ca.pem.
-	fp, err := caFingerprint(first.CAFile)
+	fp, err := imagebuild.CAFingerprint(first.CAFile)
 	if err != nil || fp != first.Fingerprint {
-		t.Fatalf("fingerprint %s, caFingerprint(ca.pem) %s %v", first.Fingerprint, fp, err)
+		t.Fatalf("fingerprint %s, CAFingerprint(ca.pem) %s %v", first.Fingerprint, fp, err)
 	}
 	for f, mode := range map[string]os.FileMode{devCAKeyFile: 0o600, devKeyFile: 0o600, devCAFile: 0o644} {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Mode().Perm() != mode {

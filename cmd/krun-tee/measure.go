@@ -9,11 +9,12 @@ import (
 	"io"
 	"os"
 
-	"github.com/krun-tee/krun-tee/init/launchparams"
 	"github.com/krun-tee/krun-tee/launch"
+	"github.com/krun-tee/krun-tee/launchconfig"
 	"github.com/krun-tee/krun-tee/layout"
 	"github.com/krun-tee/krun-tee/sev"
 	"github.com/krun-tee/krun-tee/tdx"
+	"github.com/krun-tee/krun-tee/tee"
 	"github.com/krun-tee/krun-tee/vmm/boot"
 )
 
@@ -46,9 +47,9 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 	initrd := fs.String("initrd", "", "initramfs (optional, with --kernel)")
 	cmdline := fs.String("cmdline", "", "complete kernel command line (with --kernel)")
 	cpus := fs.Int("cpus", 1, "number of vCPUs (IMAGE: default from the image; a different value changes the measurement)")
-	memMiB := fs.Uint64("memory", 512, "guest RAM in MiB (IMAGE: default from the image; a different value changes the measurement)")
+	memMiB := fs.Int("memory", 512, "guest RAM in MiB (IMAGE: default from the image; a different value changes the measurement)")
 	vmsaFeatures := fs.Uint64("vmsa-features", launch.VMSAFeatures, "KVM_SEV_INIT2 vmsa_features (SEV_FEATURES without SNPActive; with --kernel)")
-	tee := fs.String("tee", "", "IMAGE: measure as this TEE instead of the image's (snp, tdx, emulated-snp, emulated-tdx; changes the measurement)")
+	teeName := fs.String("tee", "", "IMAGE: measure as this TEE instead of the image's (snp, tdx, emulated-snp, emulated-tdx; changes the measurement)")
 	bundle := fs.String("bundle", "", "IMAGE: firmware bundle directory (shim.bin, vmlinux, initrd.cpio); default $"+launch.EnvBundle+" or the installed one")
 	extra := fs.String("cmdline-extra", "", "IMAGE: extra kernel arguments, as given to `krun-tee run --cmdline-extra`")
 	pages := fs.Bool("pages", false, "print the launch layout as JSON lines {gpa,type,sha384} in SNP launch order instead")
@@ -59,29 +60,25 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["cpus"] || *kernel != "" {
+		if err := launchconfig.ValidateVCPUs(*cpus); err != nil {
+			return usagef("--cpus: %v", err)
+		}
+	}
+	if set["memory"] || *kernel != "" {
+		if err := launchconfig.ValidateMemoryMiB(*memMiB); err != nil {
+			return usagef("--memory: %v", err)
+		}
+	}
 	if *kernel == "" {
-		if len(positional) != 1 {
-			return usagef("measure needs one IMAGE (or --kernel FILE)")
-		}
-		for _, f := range []string{"initrd", "cmdline", "vmsa-features"} {
-			if set[f] {
-				return usagef("--%s belongs to the --kernel form; an IMAGE's launch is fixed by the image and the bundle", f)
-			}
-		}
-		o := imageMeasureOptions{image: positional[0], tee: *tee, bundle: *bundle, extra: *extra, pages: *pages, asJSON: *asJSON}
+		o := imageMeasureOptions{tee: *teeName, bundle: *bundle, extra: *extra, pages: *pages, asJSON: *asJSON}
 		if set["cpus"] {
-			if *cpus < 1 || *cpus > boot.MaxVCPUs {
-				return usagef("--cpus %d: want 1..%d", *cpus, boot.MaxVCPUs)
-			}
 			o.cpus = *cpus
 		}
 		if set["memory"] {
-			if *memMiB == 0 {
-				return usagef("--memory 0: want a size in MiB")
-			}
-			o.memMiB = int(min(*memMiB, uint64(boot.MaxMemory>>20)+1))
+			o.memMiB = *memMiB
 		}
-		return measureImageCmd(o, stdout)
+		return measureImageArgs(o, positional, set, stdout)
 	}
 	if len(positional) != 0 {
 		return usagef("measure --kernel takes no IMAGE argument")
@@ -91,27 +88,51 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 			return usagef("--%s needs an IMAGE, not --kernel", f)
 		}
 	}
-	if *memMiB == 0 || *memMiB > boot.MaxMemory>>20 {
-		return usagef("--memory %d MiB out of range", *memMiB)
+	k := kernelMeasureOptions{kernel: *kernel, initrd: *initrd, cmdline: *cmdline, cpus: *cpus, memMiB: *memMiB, vmsaFeatures: *vmsaFeatures}
+	return measureKernel(k, *pages, *asJSON, stdout)
+}
+
+// measureImageArgs checks the IMAGE form's arguments and measures it.
+func measureImageArgs(o imageMeasureOptions, positional []string, set map[string]bool, stdout io.Writer) error {
+	if len(positional) != 1 {
+		return usagef("measure needs one IMAGE (or --kernel FILE)")
 	}
-	k, err := readLimited(*kernel, maxMeasureKernel)
+	for _, f := range []string{"initrd", "cmdline", "vmsa-features"} {
+		if set[f] {
+			return usagef("--%s belongs to the --kernel form; an IMAGE's launch is fixed by the image and the bundle", f)
+		}
+	}
+	o.image = positional[0]
+	return measureImageCmd(o, stdout)
+}
+
+// kernelMeasureOptions is `measure --kernel`'s parsed command line.
+type kernelMeasureOptions struct {
+	kernel, initrd, cmdline string
+	cpus, memMiB            int
+	vmsaFeatures            uint64
+}
+
+// measureKernel prints the measurements of a bare kernel launch.
+func measureKernel(o kernelMeasureOptions, pages, asJSON bool, stdout io.Writer) error {
+	k, err := readLimited(o.kernel, maxMeasureKernel)
 	if err != nil {
 		return fmt.Errorf("kernel: %w", err)
 	}
 	var rd []byte
-	if *initrd != "" {
-		if rd, err = readLimited(*initrd, maxMeasureInitrd); err != nil {
+	if o.initrd != "" {
+		if rd, err = readLimited(o.initrd, maxMeasureInitrd); err != nil {
 			return fmt.Errorf("initrd: %w", err)
 		}
 	}
-	l, err := boot.Build(boot.Config{Kernel: k, Initrd: rd, Cmdline: *cmdline, MemorySize: *memMiB << 20, VCPUs: *cpus})
+	l, err := boot.Build(boot.Config{Kernel: k, Initrd: rd, Cmdline: o.cmdline, MemorySize: uint64(o.memMiB) << 20, VCPUs: o.cpus})
 	if err != nil {
 		return err
 	}
-	if *pages {
-		return printPages(l, *vmsaFeatures, stdout)
+	if pages {
+		return printPages(l, o.vmsaFeatures, stdout)
 	}
-	return printMeasurements(l, *vmsaFeatures, *asJSON, stdout)
+	return printMeasurements(l, o.vmsaFeatures, asJSON, stdout)
 }
 
 // parseInterspersed parses flags given before or after the positional
@@ -154,28 +175,22 @@ type imageMeasureOptions struct {
 // run` launches the image with the same bundle and options: it goes through
 // the same launch.Spec, so the two cannot disagree.
 func measureImageCmd(o imageMeasureOptions, stdout io.Writer) error {
-	switch o.tee {
-	case "", launchparams.TEESNP, launchparams.TEETDX, launchparams.TEEEmulatedSNP, launchparams.TEEEmulatedTDX:
-	default:
-		return usagef("--tee %q: want snp, tdx, emulated-snp or emulated-tdx", o.tee)
-	}
-	dir := o.bundle
-	if dir == "" {
-		d, err := launch.DefaultBundleDir()
-		if err != nil {
-			return fmt.Errorf("measure: %w (pass --bundle DIR)", err)
+	var override tee.TEE
+	if o.tee != "" {
+		t, err := tee.Parse(o.tee)
+		if err != nil || !t.Attests() {
+			return usagef("--tee %q: want snp, tdx, emulated-snp or emulated-tdx", o.tee)
 		}
-		dir = d
+		override = t
 	}
-	b, err := launch.LoadBundle(dir)
+	b, err := launch.OpenBundle(o.bundle)
 	if err != nil {
 		return fmt.Errorf("measure: %w", err)
 	}
-	spec, err := launch.SpecFromImage(o.image, b, o.tee, o.cpus, o.memMiB)
+	spec, err := launch.SpecFromImage(o.image, b, launch.Overrides{TEE: override, CPUs: o.cpus, MemoryMiB: o.memMiB, ExtraCmdline: o.extra})
 	if err != nil {
 		return fmt.Errorf("measure: %w", err)
 	}
-	spec.ExtraCmdline = o.extra
 	if o.pages {
 		l, err := spec.Layout()
 		if err != nil {
@@ -188,7 +203,7 @@ func measureImageCmd(o imageMeasureOptions, stdout io.Writer) error {
 		return fmt.Errorf("measure: %w", err)
 	}
 	out := measurements{
-		TEE: spec.Params.TEE, WorkloadID: spec.Params.WorkloadID, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
+		TEE: spec.Params.TEE.String(), WorkloadID: spec.Params.WorkloadID, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
 		SNPMeasurement: hex.EncodeToString(m.SNP[:]), TDXMRTD: hex.EncodeToString(m.MRTD[:]),
 	}
 	for i, r := range m.RTMRs {
@@ -199,7 +214,7 @@ func measureImageCmd(o imageMeasureOptions, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "workload %s\ntee %s\nvcpus %d\nmemory_mib %d\n", out.WorkloadID, out.TEE, out.CPUs, out.MemoryMiB)
 	// The value the TEE reports first: that is the one to register.
-	if launch.KindOf(out.TEE) == launch.KindTDX {
+	if spec.Params.TEE.Hardware() == tee.TDX {
 		printTDX(out, stdout)
 		fmt.Fprintf(stdout, "snp_measurement %s\n", out.SNPMeasurement)
 		return nil

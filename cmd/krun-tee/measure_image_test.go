@@ -11,7 +11,9 @@ import (
 	"testing"
 
 	"github.com/krun-tee/krun-tee/launch"
+	"github.com/krun-tee/krun-tee/launchconfig"
 	"github.com/krun-tee/krun-tee/luks"
+	"github.com/krun-tee/krun-tee/tee"
 	"github.com/krun-tee/krun-tee/vmm/boot"
 )
 
@@ -56,7 +58,7 @@ func launchTestShim() []byte {
 }
 
 // launchTestImage writes a small LUKS2 image carrying lc in its krun-tee token.
-func launchTestImage(t *testing.T, lc luks.LaunchConfig) string {
+func launchTestImage(t *testing.T, lc launchconfig.Config) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "image.luks")
 	f, err := os.Create(path)
@@ -78,20 +80,20 @@ func launchTestImage(t *testing.T, lc luks.LaunchConfig) string {
 	return path
 }
 
-func launchTestConfig(tee string) luks.LaunchConfig {
-	return luks.LaunchConfig{WorkloadID: "web", KBSURL: "https://127.0.0.1:8443", KBSCAFingerprint: strings.Repeat("0f", 32),
-		TEE: tee, ResourcePath: "default/krun-tee/web", VCPUs: 1, MemoryMiB: 128}
+func launchTestConfig(t tee.TEE) launchconfig.Config {
+	return launchconfig.Config{WorkloadID: "web", KBSURL: "https://127.0.0.1:8443", KBSCAFingerprint: strings.Repeat("0f", 32),
+		TEE: t, ResourcePath: "default/krun-tee/web", VCPUs: 1, MemoryMiB: 128}
 }
 
 func TestMeasureImage(t *testing.T) {
 	bundle := launchTestBundle(t)
-	img := launchTestImage(t, launchTestConfig("emulated-snp"))
+	img := launchTestImage(t, launchTestConfig(tee.EmulatedSNP))
 	b, err := launch.LoadBundle(bundle)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := func(tee string, cpus, mem int, extra string) measurements {
-		s, err := launch.SpecFromImage(img, b, tee, cpus, mem)
+	want := func(te string, cpus, mem int, extra string) measurements {
+		s, err := launch.SpecFromImage(img, b, launch.Overrides{TEE: tee.TEE(te), CPUs: cpus, MemoryMiB: mem})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -100,7 +102,7 @@ func TestMeasureImage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return measurements{TEE: s.Params.TEE, WorkloadID: "web", CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
+		return measurements{TEE: s.Params.TEE.String(), WorkloadID: "web", CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
 			SNPMeasurement: hex.EncodeToString(m.SNP[:]), TDXMRTD: hex.EncodeToString(m.MRTD[:]),
 			TDXRTMRs: [4]string{strings.Repeat("0", 96), strings.Repeat("0", 96), strings.Repeat("0", 96), strings.Repeat("0", 96)}}
 	}
@@ -156,7 +158,7 @@ func TestMeasureImage(t *testing.T) {
 
 func TestMeasureImageErrors(t *testing.T) {
 	bundle := launchTestBundle(t)
-	img := launchTestImage(t, launchTestConfig("emulated-snp"))
+	img := launchTestImage(t, launchTestConfig(tee.EmulatedSNP))
 	noShim := launchTestBundle(t)
 	os.Remove(filepath.Join(noShim, launch.BundleShimFile))
 	plain := filepath.Join(t.TempDir(), "plain.img")

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/krun-tee/krun-tee/imagebuild"
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/oci"
 	"github.com/krun-tee/krun-tee/rootfs"
@@ -59,12 +60,13 @@ type ociSource struct {
 // output, and completes o: the workload from the image config and the
 // flags, the image digest in the launch token, the size when not given.
 func (s *ociSource) prepare(ctx context.Context, o *mkimageOptions, stderr io.Writer) error {
-	if !o.force {
-		if _, err := os.Lstat(o.output); err == nil {
-			return fmt.Errorf("output %s already exists (use --force to overwrite)", o.output)
+	b := &o.build
+	if !b.Force {
+		if _, err := os.Lstat(b.Output); err == nil {
+			return fmt.Errorf("output %s already exists (use --force to overwrite)", b.Output)
 		}
 	}
-	dir := filepath.Dir(o.output)
+	dir := filepath.Dir(b.Output)
 	img, err := oci.Open(ctx, s.ref, oci.Options{Platform: s.platform, TempDir: dir})
 	if err != nil {
 		return err
@@ -95,26 +97,26 @@ func (s *ociSource) prepare(ctx context.Context, o *mkimageOptions, stderr io.Wr
 	if err != nil {
 		return err
 	}
-	w, err := img.Workload(s.tree, oci.Overrides{Entrypoint: o.workload.Entrypoint, Cmd: o.workload.Cmd, Env: o.workload.Env,
-		WorkingDir: o.workload.WorkingDir, User: o.workload.User})
+	w, err := img.Workload(s.tree, oci.Overrides{Entrypoint: b.Workload.Entrypoint, Cmd: b.Workload.Cmd, Env: b.Workload.Env,
+		WorkingDir: b.Workload.WorkingDir, User: b.Workload.User})
 	if err != nil {
 		return err
 	}
-	o.workload = *w
+	b.Workload = *w
 	if img.Digest.Algorithm != "sha256" {
 		return fmt.Errorf("image digest %s is not sha256", img.Digest)
 	}
-	o.launch.ImageDigest = img.Digest.String()
-	o.rootfs = s.stage
-	if o.size == 0 {
-		o.size = minImageSizeFor(s.tree.EstimateSize())
+	b.Launch.ImageDigest = img.Digest.String()
+	b.Rootfs = s.stage
+	if b.Size == 0 {
+		b.Size = minImageSizeFor(s.tree.EstimateSize())
 	}
 	return nil
 }
 
 // minImageSizeFor is the image size holding a filesystem of fsSize bytes.
 func minImageSizeFor(fsSize int64) int64 {
-	return max(minImageSize, fsSize+luks.DefaultDataOffset)
+	return max(imagebuild.MinImageSize, fsSize+luks.DefaultDataOffset)
 }
 
 // makeFilesystem builds the reproducible filesystem (with the workload

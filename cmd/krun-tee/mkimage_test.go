@@ -27,6 +27,7 @@ import (
 	"github.com/krun-tee/krun-tee/init/workload"
 	kbsserver "github.com/krun-tee/krun-tee/kbs/server"
 	"github.com/krun-tee/krun-tee/launch"
+	"github.com/krun-tee/krun-tee/launchconfig"
 	"github.com/krun-tee/krun-tee/luks"
 )
 
@@ -146,7 +147,7 @@ func TestMkimageEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := luks.LaunchConfig{WorkloadID: "web", KBSURL: "https://127.0.0.1:8443", KBSCAFingerprint: caFP, TEE: "emulated-snp",
+	want := launchconfig.Config{WorkloadID: "web", KBSURL: "https://127.0.0.1:8443", KBSCAFingerprint: caFP, TEE: "emulated-snp",
 		ResourcePath: "default/krun-tee/web", VCPUs: 2, MemoryMiB: 256}
 	if *lc != want {
 		t.Fatalf("launch config %+v, want %+v", *lc, want)
@@ -242,6 +243,7 @@ func TestMkimageFailures(t *testing.T) {
 	os.WriteFile(filepath.Join(bigRootfs, "blob"), bytes.Repeat([]byte("0123456789abcdef"), 12<<20/16), 0o644)
 	badCA := filepath.Join(dir, "bad.pem")
 	os.WriteFile(badCA, []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), 0o644)
+	caPEM, _ := testCA(t, dir)
 	cases := []struct {
 		name    string
 		args    []string
@@ -256,15 +258,21 @@ func TestMkimageFailures(t *testing.T) {
 		{"size too small for rootfs", []string{"--rootfs", bigRootfs, "-o", filepath.Join(dir, "o4"), "--cmd", "x", "--size", "12M"}, "too small", false, "o4"},
 		{"no command", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o5")}, "no command", true, "o5"},
 		{"bad env", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o6"), "--cmd", "x", "--env", "NOEQUALS"}, "KEY=VALUE", true, "o6"},
-		{"bad tee", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o7"), "--cmd", "x", "--tee", "sev"}, "TEE", true, "o7"},
+		{"bad tee", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o7"), "--cmd", "x", "--tee", "sev"}, "tee \"sev\"", true, "o7"},
 		{"bad kdf", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o8"), "--cmd", "x", "--kdf", "scrypt"}, "kdf", true, "o8"},
 		{"bad size", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o9"), "--cmd", "x", "--size", "lots"}, "size", true, "o9"},
 		{"missing ca", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o10"), "--cmd", "x", "--kbs-ca", filepath.Join(dir, "none.pem")}, "kbs-ca", false, "o10"},
 		{"bad ca", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o11"), "--cmd", "x", "--kbs-ca", badCA}, "kbs-ca", false, "o11"},
-		{"bad kbs url", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o12"), "--cmd", "x", "--kbs", "kbs.example"}, "KBS URL", true, "o12"},
+		{"bad kbs url", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o12"), "--cmd", "x", "--kbs", "kbs.example"}, "kbs url", true, "o12"},
 		{"zero cpus", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o13"), "--cmd", "x", "--cpus", "0"}, "vCPUs", true, "o13"},
 		{"no output", []string{"--rootfs", rootfs, "--cmd", "x"}, "required", true, ""},
 		{"bad workload id", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o14"), "--cmd", "x", "--workload-id", "a/b"}, "workload id", true, "o14"},
+		// Accepted before the one launch-configuration validator, then
+		// refused by run (or by mkimage but not the KBS) forever after.
+		{"255 vcpus", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o15"), "--cmd", "x", "--cpus", "255"}, "255 vCPUs", true, "o15"},
+		{"8 MiB", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o16"), "--cmd", "x", "--memory", "8"}, "8 MiB", true, "o16"},
+		{"team:web", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o17"), "--cmd", "x", "--workload-id", "team:web"}, "workload id", true, "o17"},
+		{"pinned http", []string{"--rootfs", rootfs, "-o", filepath.Join(dir, "o18"), "--cmd", "x", "--kbs", "http://kbs", "--kbs-ca", caPEM}, "plain http", true, "o18"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -327,11 +335,6 @@ func TestParseSize(t *testing.T) {
 	for _, in := range []string{"", "0", "-1", "1X", "M", "99999999999T"} {
 		if _, err := parseSize(in); err == nil {
 			t.Errorf("parseSize(%q) succeeded", in)
-		}
-	}
-	for in, want := range map[string]string{"/x/web.luks": "web", "/x/.hidden": "workload", "/x/a b.img": "a-b", "/x/---": "workload"} {
-		if got := defaultWorkloadID(in); got != want {
-			t.Errorf("defaultWorkloadID(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
@@ -398,7 +401,7 @@ func expectedFor(t *testing.T, image, bundle string) *launch.Measurements {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec, err := launch.SpecFromImage(image, b, "", 0, 0)
+	spec, err := launch.SpecFromImage(image, b, launch.Overrides{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -509,51 +512,6 @@ func TestMkimageRegistersWithKBS(t *testing.T) {
 	}
 	if _, err := os.Stat(third); err != nil {
 		t.Fatalf("image removed after a failed registration: %v", err)
-	}
-}
-
-func TestWorkloadForImage(t *testing.T) {
-	m := &expectedMeasurements{SNP: strings.Repeat("aa", 48), MRTD: strings.Repeat("bb", 48),
-		RTMRs: [4]string{strings.Repeat("01", 48), strings.Repeat("02", 48), strings.Repeat("03", 48), strings.Repeat("04", 48)}}
-	for _, tc := range []struct {
-		tee, wantTEE, wantMeas string
-		emulated, rtmrs        bool
-		err                    string
-	}{
-		{tee: "snp", wantTEE: "snp", wantMeas: m.SNP},
-		{tee: "emulated-snp", wantTEE: "snp", wantMeas: m.SNP, emulated: true},
-		{tee: "tdx", wantTEE: "tdx", wantMeas: m.MRTD, rtmrs: true},
-		{tee: "emulated-tdx", wantTEE: "tdx", wantMeas: m.MRTD, emulated: true, rtmrs: true},
-		{tee: "none", err: "attests nothing"},
-	} {
-		lc := &luks.LaunchConfig{WorkloadID: "w1", TEE: tc.tee, ResourcePath: "default/krun-tee/w1", VCPUs: 1, MemoryMiB: 512}
-		w, err := workloadForImage(lc, m)
-		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("%s: error %v, want %q", tc.tee, err, tc.err)
-			}
-			continue
-		}
-		if err != nil {
-			t.Errorf("%s: %v", tc.tee, err)
-			continue
-		}
-		if w.TEE != tc.wantTEE || w.Measurements[0] != tc.wantMeas || w.AllowEmulated != tc.emulated ||
-			(len(w.RTMRs) == 1) != tc.rtmrs || w.Resources[0] != lc.ResourcePath || w.ID != "w1" {
-			t.Errorf("%s: %+v", tc.tee, w)
-		}
-		if tc.rtmrs && strings.Join(w.RTMRs[0], ",") != strings.Join(m.RTMRs[:], ",") {
-			t.Errorf("%s: rtmrs %v", tc.tee, w.RTMRs)
-		}
-	}
-	lc := &luks.LaunchConfig{WorkloadID: "w1", TEE: "snp", VCPUs: 1, MemoryMiB: 512}
-	if _, err := workloadForImage(lc, m); err == nil || !strings.Contains(err.Error(), "no KBS resource path") {
-		t.Errorf("no resource path: %v", err)
-	}
-	bad := &expectedMeasurements{SNP: "abcd"}
-	lc.ResourcePath = "default/krun-tee/w1"
-	if _, err := workloadForImage(lc, bad); err == nil {
-		t.Error("short measurement accepted")
 	}
 }
 

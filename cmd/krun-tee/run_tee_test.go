@@ -10,9 +10,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/krun-tee/krun-tee/init/exitcodes"
-	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/launch"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
 // withHostTEE fakes the host's TEE capabilities for one test.
@@ -31,7 +31,7 @@ func captureRunStderr(t *testing.T) *bytes.Buffer {
 
 func TestParseRunArgsConfidential(t *testing.T) {
 	captureRunStderr(t)
-	img := launchTestImage(t, launchTestConfig("emulated-snp"))
+	img := launchTestImage(t, launchTestConfig(tee.EmulatedSNP))
 	// A krun-tee image alone selects the confidential path, flags after it too.
 	o, err := parseRunArgs([]string{"--bundle", "b", "--emulated-root", "r", img, "--cmdline-extra", "x=1", "--kbs-addr", "127.0.0.1:9"})
 	if err != nil {
@@ -76,7 +76,7 @@ func TestParseRunArgsConfidential(t *testing.T) {
 func TestPlanConfidential(t *testing.T) {
 	captureRunStderr(t)
 	bundle := launchTestBundle(t)
-	img := launchTestImage(t, launchTestConfig("emulated-snp"))
+	img := launchTestImage(t, launchTestConfig(tee.EmulatedSNP))
 	withHostTEE(t, launch.HostTEE{})
 	o, err := parseRunArgs([]string{"--bundle", bundle, img})
 	if err != nil {
@@ -86,7 +86,7 @@ func TestPlanConfidential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.tee != "emulated-snp" || p.imageTEE != "emulated-snp" || p.ports[launchparams.KBSPort] != "tcp:127.0.0.1:8443" || len(p.ports) != 1 {
+	if p.TEE != tee.EmulatedSNP || p.ImageTEE != tee.EmulatedSNP || p.Ports[guestabi.KBSPort] != "tcp:127.0.0.1:8443" || len(p.Ports) != 1 || len(p.Disks) != 1 {
 		t.Fatalf("plan %+v", p)
 	}
 	// The plan's spec is what `measure IMAGE` measures.
@@ -94,22 +94,22 @@ func TestPlanConfidential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, _ := p.spec.Measure()
+	m, _ := p.Spec.Measure()
 	if !strings.Contains(out, "snp_measurement "+hexOf(m.SNP[:])) {
 		t.Errorf("measure disagrees with run's plan:\n%s", out)
 	}
 	o.kbsAddr = "10.0.0.1:443"
-	if p, err = planConfidential(o); err != nil || p.ports[launchparams.KBSPort] != "tcp:10.0.0.1:443" {
+	if p, err = planConfidential(o); err != nil || p.Ports[guestabi.KBSPort] != "tcp:10.0.0.1:443" {
 		t.Errorf("--kbs-addr: %+v %v", p, err)
 	}
 
 	// TEE selection as run sees it.
-	realImg := launchTestImage(t, launchTestConfig("snp"))
+	realImg := launchTestImage(t, launchTestConfig(tee.SNP))
 	for _, c := range []struct {
 		tee, image string
 		host       launch.HostTEE
 		want       error
-		wantTEE    string
+		wantTEE    tee.TEE
 	}{
 		{"", realImg, launch.HostTEE{}, launch.ErrNoHardwareTEE, ""},
 		{"auto", img, launch.HostTEE{}, launch.ErrNoHardwareTEE, ""},
@@ -126,7 +126,7 @@ func TestPlanConfidential(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || p.tee != c.wantTEE {
+		if err != nil || p.TEE != c.wantTEE {
 			t.Errorf("--tee %q: %+v %v", c.tee, p, err)
 		}
 	}
@@ -150,8 +150,8 @@ func hexOf(b []byte) string {
 // TestRunConfidentialRefusals: the failures that happen before any VM.
 func TestRunConfidentialRefusals(t *testing.T) {
 	bundle := launchTestBundle(t)
-	img := launchTestImage(t, launchTestConfig("emulated-snp"))
-	realImg := launchTestImage(t, launchTestConfig("snp"))
+	img := launchTestImage(t, launchTestConfig(tee.EmulatedSNP))
+	realImg := launchTestImage(t, launchTestConfig(tee.SNP))
 	withHostTEE(t, launch.HostTEE{})
 	t.Setenv(launch.EnvEmulatedRoot, "")
 	for _, c := range []struct {
@@ -181,9 +181,9 @@ func TestGuestStatus(t *testing.T) {
 	}{
 		{0, ""},
 		{3, ""},
-		{exitcodes.AttestationRefused, "refused the attestation"},
-		{exitcodes.KBSUnreachable, "could not be reached"},
-		{exitcodes.WrongKey, "does not open the disk"},
+		{guestabi.StatusAttestationRefused, "refused the attestation"},
+		{guestabi.StatusKBSUnreachable, "could not be reached"},
+		{guestabi.StatusWrongKey, "does not open the disk"},
 	} {
 		stderr := captureRunStderr(t)
 		err := guestStatus(c.status)
@@ -200,8 +200,9 @@ func TestGuestStatus(t *testing.T) {
 	}
 }
 
-func TestIsLaunchImage(t *testing.T) {
-	img := launchTestImage(t, launchTestConfig("emulated-snp"))
+func TestReadImageConfig(t *testing.T) {
+	isLaunchImage := func(path string) bool { return (&runOptions{}).readImageConfig(path) }
+	img := launchTestImage(t, launchTestConfig(tee.EmulatedSNP))
 	if !isLaunchImage(img) {
 		t.Fatal("a krun-tee image is not recognised")
 	}

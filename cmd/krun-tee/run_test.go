@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"github.com/krun-tee/krun-tee/launch"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,31 +66,6 @@ func TestParseRunArgsErrors(t *testing.T) {
 	}
 }
 
-func TestBootFile(t *testing.T) {
-	dir := t.TempDir()
-	present := filepath.Join(dir, "vmlinux")
-	if err := os.WriteFile(present, []byte("k"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	missing := filepath.Join(dir, "nope")
-	t.Setenv("TEST_KRUN_KERNEL", "")
-	if p, err := bootFile("kernel", "/flag", "TEST_KRUN_KERNEL", nil); err != nil || p != "/flag" {
-		t.Errorf("flag: %q %v", p, err)
-	}
-	t.Setenv("TEST_KRUN_KERNEL", "/env")
-	if p, err := bootFile("kernel", "", "TEST_KRUN_KERNEL", nil); err != nil || p != "/env" {
-		t.Errorf("env: %q %v", p, err)
-	}
-	t.Setenv("TEST_KRUN_KERNEL", "")
-	if p, err := bootFile("kernel", "", "TEST_KRUN_KERNEL", []string{missing, present}); err != nil || p != present {
-		t.Errorf("installed: %q %v", p, err)
-	}
-	_, err := bootFile("kernel", "", "TEST_KRUN_KERNEL", []string{missing})
-	if err == nil || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "--kernel") || !strings.Contains(err.Error(), "TEST_KRUN_KERNEL") {
-		t.Errorf("missing: %v", err)
-	}
-}
-
 func TestRunCommandFailures(t *testing.T) {
 	dir := t.TempDir()
 	kernel := filepath.Join(dir, "vmlinux")
@@ -106,8 +82,8 @@ func TestRunCommandFailures(t *testing.T) {
 	var stderr bytes.Buffer
 	runStderr = &stderr
 	defer func() { runStderr = os.Stderr }()
-	t.Setenv(envKernel, "")
-	t.Setenv(envInitrd, "")
+	t.Setenv(launch.EnvKernel, "")
+	t.Setenv(launch.EnvInitrd, "")
 	tests := []struct {
 		args []string
 		want string

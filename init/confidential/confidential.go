@@ -11,9 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/krun-tee/krun-tee/init/exitcodes"
-	"github.com/krun-tee/krun-tee/init/launchparams"
-	"github.com/krun-tee/krun-tee/init/stages"
+	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/luks/dm"
@@ -22,7 +20,7 @@ import (
 // Error is a failure of one step of the confidential stage.
 type Error struct {
 	Step   string // printed as "krun-init: <step>: <reason>"
-	Status int    // the exit status init reports (package exitcodes)
+	Status int    // the exit status init reports (package guestabi)
 	Err    error
 }
 
@@ -32,9 +30,9 @@ func (e *Error) Error() string { return e.Step + ": " + e.Err.Error() }
 // Unwrap returns the cause.
 func (e *Error) Unwrap() error { return e.Err }
 
-// fail wraps err with the step name and status from the exitcodes table.
+// fail wraps err with the step name and status from the guestabi status table.
 func fail(status int, err error) *Error {
-	step, ok := exitcodes.Step(status)
+	step, ok := guestabi.StatusStep(status)
 	if !ok {
 		step = "confidential"
 	}
@@ -42,13 +40,13 @@ func fail(status int, err error) *Error {
 }
 
 // StatusOf returns the exit status of a confidential-stage error, or
-// exitcodes.ConfidentialInternal if err is not one.
+// guestabi.StatusConfidentialInternal if err is not one.
 func StatusOf(err error) int {
 	var e *Error
 	if errors.As(err, &e) {
 		return e.Status
 	}
-	return exitcodes.ConfidentialInternal
+	return guestabi.StatusConfidentialInternal
 }
 
 // KeyFetcher obtains one KBS resource; *kbs.Client is the real one.
@@ -99,7 +97,7 @@ func CheckClock(now time.Time) error {
 // Stage is the confidential boot of one guest.
 type Stage struct {
 	// Params are the measured launch parameters.
-	Params *launchparams.Params
+	Params *guestabi.LaunchParams
 	// Fetcher gets the passphrase (a kbs.Client from NewKBSClient).
 	Fetcher KeyFetcher
 	// Device is the LUKS2 disk (e.g. /dev/vda).
@@ -121,11 +119,11 @@ type Stage struct {
 	// received, disk unlocked), for boot timing; init writes them to the
 	// VMM's stage port and reports the mounted root itself, as on the
 	// plain path. It must not fail the boot.
-	Reached func(stages.Stage)
+	Reached func(guestabi.Stage)
 }
 
 // reached reports s to Reached, if set.
-func (s *Stage) reached(st stages.Stage) {
+func (s *Stage) reached(st guestabi.Stage) {
 	if s.Reached != nil {
 		s.Reached(st)
 	}
@@ -136,27 +134,27 @@ func (s *Stage) reached(st stages.Stage) {
 // returns, whatever the outcome.
 func (s *Stage) Run(ctx context.Context) (*dm.Device, error) {
 	if s.Params == nil || s.Fetcher == nil || s.Device == "" || s.OpenMapper == nil || s.Mount == nil {
-		return nil, fail(exitcodes.ConfidentialInternal, errors.New("stage is missing its parameters, key fetcher, device, mapper or mount"))
+		return nil, fail(guestabi.StatusConfidentialInternal, errors.New("stage is missing its parameters, key fetcher, device, mapper or mount"))
 	}
 	now := time.Now
 	if s.Now != nil {
 		now = s.Now
 	}
 	if err := CheckClock(now()); err != nil {
-		return nil, fail(exitcodes.Clock, err)
+		return nil, fail(guestabi.StatusClock, err)
 	}
 	// The header is checked before the KBS is asked: a disk this init
 	// cannot open gets no key released for it.
 	f, vol, err := luks.OpenFile(s.Device, os.O_RDONLY)
 	if err != nil {
-		return nil, fail(exitcodes.LUKSHeader, err)
+		return nil, fail(guestabi.StatusLUKSHeader, err)
 	}
 	defer f.Close()
 	if _, n, err := vol.PayloadRange(); err != nil || n <= 0 {
 		if err == nil {
 			err = errors.New("the data segment is empty")
 		}
-		return nil, fail(exitcodes.LUKSHeader, fmt.Errorf("%s: %w", s.Device, err))
+		return nil, fail(guestabi.StatusLUKSHeader, fmt.Errorf("%s: %w", s.Device, err))
 	}
 	vol.MaxKDFMemoryKiB = s.MaxKDFMemoryKiB
 
@@ -165,21 +163,21 @@ func (s *Stage) Run(ctx context.Context) (*dm.Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.reached(stages.KeyReceived)
+	s.reached(guestabi.StageKeyReceived)
 	key, slot, err := vol.Unlock(f, pass)
 	clear(pass) // no longer needed, whatever Unlock said
 	defer clear(key)
 	switch {
 	case errors.Is(err, luks.ErrWrongPassphrase):
-		return nil, fail(exitcodes.WrongKey, fmt.Errorf("%s: the passphrase released for %s: %w", s.Device, s.Params.Resource, err))
+		return nil, fail(guestabi.StatusWrongKey, fmt.Errorf("%s: the passphrase released for %s: %w", s.Device, s.Params.Resource, err))
 	case err != nil:
-		return nil, fail(exitcodes.LUKSHeader, fmt.Errorf("%s: %w", s.Device, err))
+		return nil, fail(guestabi.StatusLUKSHeader, fmt.Errorf("%s: %w", s.Device, err))
 	}
 	_ = slot
 
 	m, err := s.OpenMapper()
 	if err != nil {
-		return nil, fail(exitcodes.DMCrypt, err)
+		return nil, fail(guestabi.StatusDMCrypt, err)
 	}
 	defer m.Close()
 	name := s.MapName
@@ -189,14 +187,14 @@ func (s *Stage) Run(ctx context.Context) (*dm.Device, error) {
 	dev, err := m.ActivateLUKS(name, vol, key, s.Device, false)
 	clear(key) // the kernel holds its own copy now (the table was loaded with DM_SECURE_DATA_FLAG)
 	if err != nil {
-		return nil, fail(exitcodes.DMCrypt, err)
+		return nil, fail(guestabi.StatusDMCrypt, err)
 	}
-	s.reached(stages.DiskUnlocked)
+	s.reached(guestabi.StageDiskUnlocked)
 	if err := s.Mount(dev.Path); err != nil {
 		if rerr := m.Remove(name); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
-		return nil, fail(exitcodes.Mount, err)
+		return nil, fail(guestabi.StatusMount, err)
 	}
 	return dev, nil
 }
@@ -216,9 +214,9 @@ func (s *Stage) fetch(ctx context.Context, now func() time.Time) ([]byte, error)
 	}
 	switch {
 	case len(pass) == 0:
-		return pass, fail(exitcodes.KBSProtocol, fmt.Errorf("resource %s is empty", s.Params.Resource))
+		return pass, fail(guestabi.StatusKBSProtocol, fmt.Errorf("resource %s is empty", s.Params.Resource))
 	case len(pass) > maxPassphrase:
-		return pass, fail(exitcodes.KBSProtocol, fmt.Errorf("resource %s is %d bytes, more than a passphrase may be (%d)", s.Params.Resource, len(pass), maxPassphrase))
+		return pass, fail(guestabi.StatusKBSProtocol, fmt.Errorf("resource %s is %d bytes, more than a passphrase may be (%d)", s.Params.Resource, len(pass), maxPassphrase))
 	}
 	return pass, nil
 }
@@ -233,23 +231,23 @@ func classifyKBS(err error, now time.Time, budget time.Duration) *Error {
 	)
 	switch {
 	case errors.As(err, &ev):
-		return fail(exitcodes.Evidence, err)
+		return fail(guestabi.StatusEvidence, err)
 	case errors.As(err, &pin):
 		if strings.Contains(pin.Reason, "expired or is not yet valid") {
 			err = fmt.Errorf("%w (guest clock reads %s)", err, now.UTC().Format(time.RFC3339))
 		}
-		return fail(exitcodes.KBSIdentity, err)
+		return fail(guestabi.StatusKBSIdentity, err)
 	case errors.As(err, &pe):
 		if pe.Status == 401 || pe.Status == 403 {
-			return fail(exitcodes.AttestationRefused, err)
+			return fail(guestabi.StatusAttestationRefused, err)
 		}
-		return fail(exitcodes.KBSProtocol, err)
+		return fail(guestabi.StatusKBSProtocol, err)
 	case errors.Is(err, context.DeadlineExceeded),
 		errors.As(err, &op) && (op.Op == "dial" || op.Op == "read" || op.Op == "write"),
 		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
 		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return fail(exitcodes.KBSUnreachable, fmt.Errorf("unreachable (retried for up to %s): %w", budget, err))
+		return fail(guestabi.StatusKBSUnreachable, fmt.Errorf("unreachable (retried for up to %s): %w", budget, err))
 	default:
-		return fail(exitcodes.KBSProtocol, err)
+		return fail(guestabi.StatusKBSProtocol, err)
 	}
 }

@@ -5,7 +5,7 @@
 // dm-crypt and mounts it; init then switches into it as on the plain path.
 //
 // Every step that can fail returns an *Error carrying the step name printed
-// on the console and the distinct exit status from package init/exitcodes,
+// on the console and the distinct exit status from package guestabi,
 // so the host can say why a guest did not boot.
 //
 // The stage is written against small interfaces (KeyFetcher, Mapper, a

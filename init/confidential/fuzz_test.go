@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/krun-tee/krun-tee/init/exitcodes"
+	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
 )
 
@@ -35,7 +35,7 @@ func FuzzLaunchCmdline(f *testing.F) {
 		has := HasLaunchParams(cmdline)
 		p, err := ParseLaunch(cmdline)
 		if err != nil {
-			if st := StatusOf(err); st != exitcodes.LaunchParams {
+			if st := StatusOf(err); st != guestabi.StatusLaunchParams {
 				t.Fatalf("parse failure with status %d: %v", st, err)
 			}
 			return
@@ -45,12 +45,12 @@ func FuzzLaunchCmdline(f *testing.F) {
 		}
 		prov, err := ChooseProvider(p, ProviderEnv{Detect: func() (evidence.Provider, error) { return nil, evidence.ErrNoTEE }, DialQuote: dial})
 		if err != nil {
-			if st := StatusOf(err); st < exitcodes.ConfidentialFirst || st > exitcodes.ConfidentialLast {
+			if st := StatusOf(err); st < guestabi.StatusConfidentialFirst || st > guestabi.StatusConfidentialLast {
 				t.Fatalf("provider failure with status %d: %v", st, err)
 			}
 			return
 		}
-		if string(prov.TEE()) != strings.TrimPrefix(p.TEE, "emulated-") {
+		if prov.TEE() != p.TEE.Hardware() {
 			t.Fatalf("tee %s gave a provider for %s", p.TEE, prov.TEE())
 		}
 	})
@@ -92,7 +92,7 @@ func FuzzStageDisk(f *testing.F) {
 		if err == nil {
 			return // a fuzzed disk that really opens with the passphrase
 		}
-		if st := StatusOf(err); st != exitcodes.LUKSHeader && st != exitcodes.WrongKey && st != exitcodes.DMCrypt {
+		if st := StatusOf(err); st != guestabi.StatusLUKSHeader && st != guestabi.StatusWrongKey && st != guestabi.StatusDMCrypt {
 			t.Fatalf("status %d for a bad disk: %v", st, err)
 		}
 	})

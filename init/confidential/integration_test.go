@@ -11,8 +11,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
-	"github.com/krun-tee/krun-tee/emulated/psp"
-	"github.com/krun-tee/krun-tee/emulated/tdxmodule"
 	"io"
 	"log"
 	"log/slog"
@@ -27,11 +25,13 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/attest"
-	"github.com/krun-tee/krun-tee/init/exitcodes"
-	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/emulated/psp"
+	"github.com/krun-tee/krun-tee/emulated/tdxmodule"
+	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
 	kbsserver "github.com/krun-tee/krun-tee/kbs/server"
 	"github.com/krun-tee/krun-tee/luks"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
 // The integration tests run steps 2-4 of the confidential boot against real
@@ -221,7 +221,7 @@ func tamperHeaders(t testing.TB, image string) string {
 // quoteServer is the host's emulated quote provider (SNP, or TDX when tee
 // is emulated-tdx) for a guest whose launch measured meas; it returns the
 // guest-side dialer.
-func quoteServer(t testing.TB, tee string, meas [48]byte) func(ctx context.Context) (net.Conn, error) {
+func quoteServer(t testing.TB, kind tee.TEE, meas [48]byte) func(ctx context.Context) (net.Conn, error) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -229,7 +229,7 @@ func quoteServer(t testing.TB, tee string, meas [48]byte) func(ctx context.Conte
 	}
 	ps, m := emulatedRoots(t)
 	var p evidence.Provider
-	if tee == launchparams.TEEEmulatedTDX {
+	if kind == tee.EmulatedTDX {
 		e := &tdxmodule.Provider{Module: m}
 		e.Params.MRTD = meas
 		p = e
@@ -264,7 +264,7 @@ func tcpTo(addr string) func(ctx context.Context, network, _ string) (net.Conn, 
 
 // guest describes one boot attempt.
 type guest struct {
-	tee     string  // krun.tee; default emulated-snp
+	tee     tee.TEE // krun.tee; default emulated-snp
 	pinCA   *testCA // the CA in krun.kbs_ca
 	kbsAddr string  // where the "vsock relay" connects
 	quote   func(ctx context.Context) (net.Conn, error)
@@ -276,12 +276,12 @@ type guest struct {
 // returning the stage's error and the volume key the mapper received.
 func (g *guest) boot(t *testing.T) (mappedKey []byte, keyBuf []byte, err error) {
 	t.Helper()
-	tee := g.tee
-	if tee == "" {
-		tee = launchparams.TEEEmulatedSNP
+	kind := g.tee
+	if kind == "" {
+		kind = tee.EmulatedSNP
 	}
-	lp := &launchparams.Params{WorkloadID: "wl", KBSURL: "https://" + kbsHost + ":8443", KBSCA: g.pinCA.fingerprint(),
-		TEE: tee, Resource: resource}
+	lp := &guestabi.LaunchParams{WorkloadID: "wl", KBSURL: "https://" + kbsHost + ":8443", KBSCA: g.pinCA.fingerprint(),
+		TEE: kind, Resource: resource}
 	line, ferr := lp.Format()
 	if ferr != nil {
 		t.Fatal(ferr)
@@ -334,7 +334,7 @@ func TestAttestUnlockIntegration(t *testing.T) {
 	deadAddr := closed.Addr().String()
 	closed.Close()
 
-	quote := quoteServer(t, launchparams.TEEEmulatedSNP, meas)
+	quote := quoteServer(t, tee.EmulatedSNP, meas)
 	tampered := tamperHeaders(t, image)
 	tests := []struct {
 		name string
@@ -344,17 +344,17 @@ func TestAttestUnlockIntegration(t *testing.T) {
 		released bool
 	}{
 		{"attest, key, unlock", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quote}, 0, true},
-		{"wrong passphrase registered", guest{pinCA: wrongKey.ca, kbsAddr: wrongKey.hs.Listener.Addr().String(), quote: quote}, exitcodes.WrongKey, false},
-		{"unregistered measurement", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quoteServer(t, launchparams.TEEEmulatedSNP, otherMeas)}, exitcodes.AttestationRefused, false},
-		{"emulated tdx: attest, key, unlock", guest{tee: launchparams.TEEEmulatedTDX, pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(),
-			quote: quoteServer(t, launchparams.TEEEmulatedTDX, meas)}, 0, true},
-		{"emulated tdx: unregistered MRTD", guest{tee: launchparams.TEEEmulatedTDX, pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(),
-			quote: quoteServer(t, launchparams.TEEEmulatedTDX, otherMeas)}, exitcodes.AttestationRefused, false},
-		{"host answers as the wrong TEE", guest{tee: launchparams.TEEEmulatedTDX, pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(),
-			quote: quote}, exitcodes.Evidence, false},
-		{"kbs with another CA", guest{pinCA: good.ca, kbsAddr: impostor.Listener.Addr().String(), quote: quote}, exitcodes.KBSIdentity, false},
-		{"kbs unreachable", guest{pinCA: good.ca, kbsAddr: deadAddr, quote: quote, budget: time.Second}, exitcodes.KBSUnreachable, false},
-		{"tampered header: no key asked for", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quote, image: tampered}, exitcodes.LUKSHeader, false},
+		{"wrong passphrase registered", guest{pinCA: wrongKey.ca, kbsAddr: wrongKey.hs.Listener.Addr().String(), quote: quote}, guestabi.StatusWrongKey, false},
+		{"unregistered measurement", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quoteServer(t, tee.EmulatedSNP, otherMeas)}, guestabi.StatusAttestationRefused, false},
+		{"emulated tdx: attest, key, unlock", guest{tee: tee.EmulatedTDX, pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(),
+			quote: quoteServer(t, tee.EmulatedTDX, meas)}, 0, true},
+		{"emulated tdx: unregistered MRTD", guest{tee: tee.EmulatedTDX, pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(),
+			quote: quoteServer(t, tee.EmulatedTDX, otherMeas)}, guestabi.StatusAttestationRefused, false},
+		{"host answers as the wrong TEE", guest{tee: tee.EmulatedTDX, pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(),
+			quote: quote}, guestabi.StatusEvidence, false},
+		{"kbs with another CA", guest{pinCA: good.ca, kbsAddr: impostor.Listener.Addr().String(), quote: quote}, guestabi.StatusKBSIdentity, false},
+		{"kbs unreachable", guest{pinCA: good.ca, kbsAddr: deadAddr, quote: quote, budget: time.Second}, guestabi.StatusKBSUnreachable, false},
+		{"tampered header: no key asked for", guest{pinCA: good.ca, kbsAddr: good.hs.Listener.Addr().String(), quote: quote, image: tampered}, guestabi.StatusLUKSHeader, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -379,7 +379,7 @@ func TestAttestUnlockIntegration(t *testing.T) {
 				return
 			}
 			if StatusOf(err) != tt.want {
-				t.Fatalf("status %d, want %d (%s): %v", StatusOf(err), tt.want, exitcodes.Describe(tt.want), err)
+				t.Fatalf("status %d, want %d (%s): %v", StatusOf(err), tt.want, guestabi.DescribeStatus(tt.want), err)
 			}
 			if got != nil {
 				t.Fatal("a failed boot reached dm-crypt")

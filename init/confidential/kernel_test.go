@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/krun-tee/krun-tee/init/exitcodes"
+	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/init/initrd"
 	"github.com/krun-tee/krun-tee/luks"
 )
@@ -88,8 +88,8 @@ func TestKernelDMCrypt(t *testing.T) {
 	})
 	t.Run("wrong key", func(t *testing.T) {
 		status, out := bootCheck(t, qemu, kernel, initrdPath, image, "not-the-passphrase")
-		if status != exitcodes.WrongKey || !strings.Contains(out, "kernelcheck: error: luks:") {
-			t.Fatalf("status %d, want %d; output:\n%s", status, exitcodes.WrongKey, out)
+		if status != guestabi.StatusWrongKey || !strings.Contains(out, "kernelcheck: error: luks:") {
+			t.Fatalf("status %d, want %d; output:\n%s", status, guestabi.StatusWrongKey, out)
 		}
 	})
 
@@ -110,12 +110,12 @@ func TestKernelDMCrypt(t *testing.T) {
 		line                   string
 	}{
 		// TCG has no kvmclock and rtc=off leaves no RTC: the clock reads 1970.
-		{"no kvmclock: clock refused", "rtc=off", launch + " krun.tee=emulated-snp", exitcodes.Clock, "krun-init: clock: guest wall clock reads 1970-"},
+		{"no kvmclock: clock refused", "rtc=off", launch + " krun.tee=emulated-snp", guestabi.StatusClock, "krun-init: clock: guest wall clock reads 1970-"},
 		// With the CMOS RTC the clock is right; there is no vsock device,
 		// so the KBS stays unreachable until the retry budget runs out.
-		{"no vsock: kbs unreachable", "rtc=on", launch + " krun.tee=emulated-snp", exitcodes.KBSUnreachable, "krun-init: kbs: unreachable (retried for up to 30s): kbs: auth:"},
-		{"tee snp without SNP", "rtc=on", launch + " krun.tee=snp", exitcodes.Evidence, "krun-init: evidence: launched as tee snp"},
-		{"partial launch parameters", "rtc=on", "krun.tee=snp", exitcodes.LaunchParams, "krun-init: launch: launchparams: missing"},
+		{"no vsock: kbs unreachable", "rtc=on", launch + " krun.tee=emulated-snp", guestabi.StatusKBSUnreachable, "krun-init: kbs: unreachable (retried for up to 30s): kbs: auth:"},
+		{"tee snp without SNP", "rtc=on", launch + " krun.tee=snp", guestabi.StatusEvidence, "krun-init: evidence: launched as tee snp"},
+		{"partial launch parameters", "rtc=on", "krun.tee=snp", guestabi.StatusLaunchParams, "krun-init: launch: launch params: missing"},
 	} {
 		t.Run("real init/"+tt.name, func(t *testing.T) {
 			status, out := boot(t, qemu, kernel, realInitrd, image, tt.machine, tt.cmdline)

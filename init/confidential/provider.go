@@ -10,16 +10,16 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/attest"
-	"github.com/krun-tee/krun-tee/init/exitcodes"
-	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
-// launchKeys are the parameter names package launchparams reads; any one of
-// them on the command line selects the confidential path (a test checks this
-// list against launchparams.Format so the two cannot drift apart).
-var launchKeys = []string{"krun.workload", "krun.kbs", "krun.kbs_ca", "krun.tee", "krun.resource", "krun.kbs_unpinned"}
+// launchKeys are the parameter names guestabi.ParseLaunchParams reads; any
+// one of them on the command line selects the confidential path (a test
+// checks this list against guestabi's Format so the two cannot drift apart).
+var launchKeys = []string{guestabi.ParamWorkload, guestabi.ParamKBS, guestabi.ParamKBSCA, guestabi.ParamTEE, guestabi.ParamResource, guestabi.ParamUnpinned}
 
 // HasLaunchParams reports whether cmdline asks for a confidential boot: it
 // carries at least one krun.* launch parameter. Without any, init keeps its
@@ -39,18 +39,18 @@ func HasLaunchParams(cmdline string) bool {
 
 // ParseLaunch parses the launch parameters from cmdline, failing with the
 // launch-parameters status.
-func ParseLaunch(cmdline string) (*launchparams.Params, error) {
-	p, err := launchparams.Parse(cmdline)
+func ParseLaunch(cmdline string) (*guestabi.LaunchParams, error) {
+	p, err := guestabi.ParseLaunchParams(cmdline)
 	if err != nil {
-		return nil, fail(exitcodes.LaunchParams, err)
+		return nil, fail(guestabi.StatusLaunchParams, err)
 	}
 	return p, nil
 }
 
 // IsHardwareTEE reports whether p asks for a real SNP or TDX guest (whose
 // quotes come from configfs-tsm or the guest device, so init mounts configfs).
-func IsHardwareTEE(p *launchparams.Params) bool {
-	return p.TEE == launchparams.TEESNP || p.TEE == launchparams.TEETDX
+func IsHardwareTEE(p *guestabi.LaunchParams) bool {
+	return p.TEE == tee.SNP || p.TEE == tee.TDX
 }
 
 // EvidenceError marks a failure of the evidence provider, so a failed
@@ -84,41 +84,41 @@ type ProviderEnv struct {
 	// Detect finds the hardware quote interface (evidence.Detect).
 	Detect func() (evidence.Provider, error)
 	// DialQuote connects to the host's emulated quote provider (vsock
-	// CID 2, launchparams.QuotePort in the guest).
+	// CID 2, guestabi.QuotePort in the guest).
 	DialQuote func(ctx context.Context) (net.Conn, error)
 }
 
 // ChooseProvider returns the evidence provider for the launch's TEE:
 // the host relay for emulated TEEs, the detected hardware interface (which
 // must be the announced TEE) for snp/tdx. tee=none is refused.
-func ChooseProvider(p *launchparams.Params, env ProviderEnv) (evidence.Provider, error) {
+func ChooseProvider(p *guestabi.LaunchParams, env ProviderEnv) (evidence.Provider, error) {
 	var prov evidence.Provider
 	switch p.TEE {
-	case launchparams.TEEEmulatedSNP, launchparams.TEEEmulatedTDX:
+	case tee.EmulatedSNP, tee.EmulatedTDX:
 		if env.DialQuote == nil {
-			return nil, fail(exitcodes.Evidence, errors.New("no connection to the host's emulated quote provider"))
+			return nil, fail(guestabi.StatusEvidence, errors.New("no connection to the host's emulated quote provider"))
 		}
 		kind := attest.SNP
-		if p.TEE == launchparams.TEEEmulatedTDX {
+		if p.TEE == tee.EmulatedTDX {
 			kind = attest.TDX
 		}
 		prov = &evidence.Remote{Kind: kind, Dial: env.DialQuote}
-	case launchparams.TEESNP, launchparams.TEETDX:
+	case tee.SNP, tee.TDX:
 		if env.Detect == nil {
-			return nil, fail(exitcodes.Evidence, errors.New("no hardware TEE detection available"))
+			return nil, fail(guestabi.StatusEvidence, errors.New("no hardware TEE detection available"))
 		}
 		hw, err := env.Detect()
 		if err != nil {
-			return nil, fail(exitcodes.Evidence, fmt.Errorf("launched as tee %s: %w", p.TEE, err))
+			return nil, fail(guestabi.StatusEvidence, fmt.Errorf("launched as tee %s: %w", p.TEE, err))
 		}
-		if string(hw.TEE()) != p.TEE {
-			return nil, fail(exitcodes.Evidence, fmt.Errorf("launched as tee %s, but this guest's TEE interface is %s", p.TEE, hw.TEE()))
+		if hw.TEE() != p.TEE {
+			return nil, fail(guestabi.StatusEvidence, fmt.Errorf("launched as tee %s, but this guest's TEE interface is %s", p.TEE, hw.TEE()))
 		}
 		prov = hw
-	case launchparams.TEENone:
-		return nil, fail(exitcodes.Evidence, errors.New("tee none produces no evidence; a KBS releases the disk key only to an attested guest (launch with a TEE, or without krun.* launch parameters for an unencrypted image)"))
+	case tee.None:
+		return nil, fail(guestabi.StatusEvidence, errors.New("tee none produces no evidence; a KBS releases the disk key only to an attested guest (launch with a TEE, or without krun.* launch parameters for an unencrypted image)"))
 	default:
-		return nil, fail(exitcodes.LaunchParams, fmt.Errorf("tee %q is not supported", p.TEE))
+		return nil, fail(guestabi.StatusLaunchParams, fmt.Errorf("tee %q is not supported", p.TEE))
 	}
 	return markedProvider{prov}, nil
 }
@@ -134,8 +134,8 @@ const (
 
 // NewKBSClient builds the KBS client for the launch: URL, CA pin and
 // unpinned mode come from the measured parameters, the transport from dial
-// (kbs.VsockDialer(2, launchparams.KBSPort) in the guest).
-func NewKBSClient(p *launchparams.Params, prov evidence.Provider, dial func(ctx context.Context, network, addr string) (net.Conn, error), log *slog.Logger) (*kbs.Client, error) {
+// (kbs.VsockDialer(2, guestabi.KBSPort) in the guest).
+func NewKBSClient(p *guestabi.LaunchParams, prov evidence.Provider, dial func(ctx context.Context, network, addr string) (net.Conn, error), log *slog.Logger) (*kbs.Client, error) {
 	c, err := kbs.NewClient(kbs.ClientOptions{
 		URL: p.KBSURL, Provider: prov, TEE: prov.TEE(), Dial: dial,
 		CAFingerprint: p.KBSCA, AllowUnpinned: p.Unpinned,
@@ -143,7 +143,7 @@ func NewKBSClient(p *launchparams.Params, prov evidence.Provider, dial func(ctx 
 		RequestTimeout: clientReqTimeout, Logger: log,
 	})
 	if err != nil {
-		return nil, fail(exitcodes.LaunchParams, err)
+		return nil, fail(guestabi.StatusLaunchParams, err)
 	}
 	return c, nil
 }

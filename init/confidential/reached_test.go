@@ -7,7 +7,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/krun-tee/krun-tee/init/stages"
+	"github.com/krun-tee/krun-tee/guestabi"
 )
 
 // Run reports the stages it completes, in order, and none it did not reach.
@@ -17,20 +17,20 @@ func TestStageReportsReachedStages(t *testing.T) {
 		name   string
 		secret []byte
 		actErr error
-		want   []stages.Stage
+		want   []guestabi.Stage
 	}{
-		{"success", pass, nil, []stages.Stage{stages.KeyReceived, stages.DiskUnlocked}},
-		{"wrong key", []byte("not the passphrase"), nil, []stages.Stage{stages.KeyReceived}},
-		{"dm activation failed", pass, syscall.EINVAL, []stages.Stage{stages.KeyReceived}},
+		{"success", pass, nil, []guestabi.Stage{guestabi.StageKeyReceived, guestabi.StageDiskUnlocked}},
+		{"wrong key", []byte("not the passphrase"), nil, []guestabi.Stage{guestabi.StageKeyReceived}},
+		{"dm activation failed", pass, syscall.EINVAL, []guestabi.Stage{guestabi.StageKeyReceived}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var got []stages.Stage
+			var got []guestabi.Stage
 			s := &Stage{
 				Params: testParams(), Fetcher: &fakeFetcher{secret: tt.secret}, Device: img,
 				OpenMapper: func() (Mapper, error) { return &fakeMapper{activateErr: tt.actErr}, nil },
 				Mount:      func(string) error { return nil },
-				Reached:    func(s stages.Stage) { got = append(got, s) },
+				Reached:    func(s guestabi.Stage) { got = append(got, s) },
 			}
 			_, err := s.Run(context.Background())
 			if (err == nil) != (len(tt.want) == 2) {
@@ -42,12 +42,12 @@ func TestStageReportsReachedStages(t *testing.T) {
 		})
 	}
 	t.Run("KBS refused", func(t *testing.T) {
-		var got []stages.Stage
+		var got []guestabi.Stage
 		s := &Stage{
 			Params: testParams(), Fetcher: &fakeFetcher{err: errors.New("kbs: jwe: bad tag")}, Device: img,
 			OpenMapper: func() (Mapper, error) { return &fakeMapper{}, nil },
 			Mount:      func(string) error { return nil },
-			Reached:    func(s stages.Stage) { got = append(got, s) },
+			Reached:    func(s guestabi.Stage) { got = append(got, s) },
 		}
 		if _, err := s.Run(context.Background()); err == nil {
 			t.Fatal("Run succeeded without a key")

@@ -14,10 +14,10 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/attest"
-	"github.com/krun-tee/krun-tee/init/exitcodes"
-	"github.com/krun-tee/krun-tee/init/launchparams"
+	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
 // fakeFetcher returns a fixed answer and keeps the buffer it handed out.
@@ -37,9 +37,9 @@ func (f *fakeFetcher) GetResource(_ context.Context, path string) ([]byte, error
 	return f.gave, nil
 }
 
-func testParams() *launchparams.Params {
-	return &launchparams.Params{WorkloadID: "wl", KBSURL: "https://kbs.test:8443",
-		KBSCA: strings.Repeat("ab", 32), TEE: launchparams.TEEEmulatedSNP, Resource: "wl/luks/root"}
+func testParams() *guestabi.LaunchParams {
+	return &guestabi.LaunchParams{WorkloadID: "wl", KBSURL: "https://kbs.test:8443",
+		KBSCA: strings.Repeat("ab", 32), TEE: tee.EmulatedSNP, Resource: "wl/luks/root"}
 }
 
 var pass = []byte("correct horse battery staple")
@@ -63,26 +63,26 @@ func TestStageStatuses(t *testing.T) {
 		wantInErr string
 	}{
 		{name: "success", fetch: &fakeFetcher{secret: pass}, want: 0},
-		{name: "clock at the epoch", fetch: &fakeFetcher{secret: pass}, now: time.Unix(0, 0), want: exitcodes.Clock, wantInErr: "1970-01-01"},
-		{name: "evidence provider failed", fetch: &fakeFetcher{err: fmt.Errorf("kbs: attest: evidence: %w", &EvidenceError{errors.New("no quote")})}, want: exitcodes.Evidence},
-		{name: "kbs unreachable", fetch: &fakeFetcher{err: dialErr}, want: exitcodes.KBSUnreachable},
-		{name: "kbs budget exhausted", fetch: &fakeFetcher{err: fmt.Errorf("kbs: auth: %w", context.DeadlineExceeded)}, want: exitcodes.KBSUnreachable},
-		{name: "relay closed the connection", fetch: &fakeFetcher{err: fmt.Errorf("kbs: auth: Post: %w", syscall.ECONNRESET)}, want: exitcodes.KBSUnreachable},
-		{name: "attestation refused 401", fetch: &fakeFetcher{err: &kbs.ProblemError{Op: "attest", Status: 401}}, want: exitcodes.AttestationRefused},
-		{name: "resource refused 403", fetch: &fakeFetcher{err: &kbs.ProblemError{Op: "resource", Status: 403}}, want: exitcodes.AttestationRefused},
-		{name: "resource missing 404", fetch: &fakeFetcher{err: &kbs.ProblemError{Op: "resource", Status: 404}}, want: exitcodes.KBSProtocol},
-		{name: "kbs server error", fetch: &fakeFetcher{err: &kbs.ProblemError{Op: "auth", Status: 500}}, want: exitcodes.KBSProtocol},
-		{name: "undecryptable answer", fetch: &fakeFetcher{err: errors.New("kbs: jwe: bad tag")}, want: exitcodes.KBSProtocol},
-		{name: "pin mismatch", fetch: &fakeFetcher{err: fmt.Errorf("kbs: auth: Post: %w", &kbs.PinError{Reason: "the server's chain does not contain the pinned CA certificate"})}, want: exitcodes.KBSIdentity},
-		{name: "expired kbs cert names the clock", fetch: &fakeFetcher{err: &kbs.PinError{Reason: "x509: certificate has expired or is not yet valid"}}, want: exitcodes.KBSIdentity, wantInErr: "guest clock reads"},
-		{name: "empty passphrase", fetch: &fakeFetcher{secret: []byte{}}, want: exitcodes.KBSProtocol, wantInErr: "empty"},
-		{name: "oversized passphrase", fetch: &fakeFetcher{secret: make([]byte, maxPassphrase+1)}, want: exitcodes.KBSProtocol},
-		{name: "not a LUKS2 disk", fetch: &fakeFetcher{secret: pass}, device: notLUKS, want: exitcodes.LUKSHeader},
-		{name: "disk missing", fetch: &fakeFetcher{secret: pass}, device: "/nonexistent/vda", want: exitcodes.LUKSHeader},
-		{name: "wrong key", fetch: &fakeFetcher{secret: []byte("not the passphrase")}, want: exitcodes.WrongKey},
-		{name: "no device-mapper", fetch: &fakeFetcher{secret: pass}, openErr: errors.New("dm: open /dev/mapper/control: no such file"), want: exitcodes.DMCrypt},
-		{name: "dm activation failed", fetch: &fakeFetcher{secret: pass}, actErr: syscall.EINVAL, want: exitcodes.DMCrypt},
-		{name: "mount failed", fetch: &fakeFetcher{secret: pass}, mountErr: syscall.EUCLEAN, want: exitcodes.Mount},
+		{name: "clock at the epoch", fetch: &fakeFetcher{secret: pass}, now: time.Unix(0, 0), want: guestabi.StatusClock, wantInErr: "1970-01-01"},
+		{name: "evidence provider failed", fetch: &fakeFetcher{err: fmt.Errorf("kbs: attest: evidence: %w", &EvidenceError{errors.New("no quote")})}, want: guestabi.StatusEvidence},
+		{name: "kbs unreachable", fetch: &fakeFetcher{err: dialErr}, want: guestabi.StatusKBSUnreachable},
+		{name: "kbs budget exhausted", fetch: &fakeFetcher{err: fmt.Errorf("kbs: auth: %w", context.DeadlineExceeded)}, want: guestabi.StatusKBSUnreachable},
+		{name: "relay closed the connection", fetch: &fakeFetcher{err: fmt.Errorf("kbs: auth: Post: %w", syscall.ECONNRESET)}, want: guestabi.StatusKBSUnreachable},
+		{name: "attestation refused 401", fetch: &fakeFetcher{err: &kbs.ProblemError{Op: "attest", Status: 401}}, want: guestabi.StatusAttestationRefused},
+		{name: "resource refused 403", fetch: &fakeFetcher{err: &kbs.ProblemError{Op: "resource", Status: 403}}, want: guestabi.StatusAttestationRefused},
+		{name: "resource missing 404", fetch: &fakeFetcher{err: &kbs.ProblemError{Op: "resource", Status: 404}}, want: guestabi.StatusKBSProtocol},
+		{name: "kbs server error", fetch: &fakeFetcher{err: &kbs.ProblemError{Op: "auth", Status: 500}}, want: guestabi.StatusKBSProtocol},
+		{name: "undecryptable answer", fetch: &fakeFetcher{err: errors.New("kbs: jwe: bad tag")}, want: guestabi.StatusKBSProtocol},
+		{name: "pin mismatch", fetch: &fakeFetcher{err: fmt.Errorf("kbs: auth: Post: %w", &kbs.PinError{Reason: "the server's chain does not contain the pinned CA certificate"})}, want: guestabi.StatusKBSIdentity},
+		{name: "expired kbs cert names the clock", fetch: &fakeFetcher{err: &kbs.PinError{Reason: "x509: certificate has expired or is not yet valid"}}, want: guestabi.StatusKBSIdentity, wantInErr: "guest clock reads"},
+		{name: "empty passphrase", fetch: &fakeFetcher{secret: []byte{}}, want: guestabi.StatusKBSProtocol, wantInErr: "empty"},
+		{name: "oversized passphrase", fetch: &fakeFetcher{secret: make([]byte, maxPassphrase+1)}, want: guestabi.StatusKBSProtocol},
+		{name: "not a LUKS2 disk", fetch: &fakeFetcher{secret: pass}, device: notLUKS, want: guestabi.StatusLUKSHeader},
+		{name: "disk missing", fetch: &fakeFetcher{secret: pass}, device: "/nonexistent/vda", want: guestabi.StatusLUKSHeader},
+		{name: "wrong key", fetch: &fakeFetcher{secret: []byte("not the passphrase")}, want: guestabi.StatusWrongKey},
+		{name: "no device-mapper", fetch: &fakeFetcher{secret: pass}, openErr: errors.New("dm: open /dev/mapper/control: no such file"), want: guestabi.StatusDMCrypt},
+		{name: "dm activation failed", fetch: &fakeFetcher{secret: pass}, actErr: syscall.EINVAL, want: guestabi.StatusDMCrypt},
+		{name: "mount failed", fetch: &fakeFetcher{secret: pass}, mountErr: syscall.EUCLEAN, want: guestabi.StatusMount},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -130,7 +130,7 @@ func TestStageStatuses(t *testing.T) {
 				if !errors.As(err, &ce) || ce.Step == "" {
 					t.Fatalf("error %T %v carries no step", err, err)
 				}
-				if want, _ := exitcodes.Step(tt.want); ce.Step != want {
+				if want, _ := guestabi.StatusStep(tt.want); ce.Step != want {
 					t.Errorf("step %q, want %q", ce.Step, want)
 				}
 				if strings.Contains(err.Error(), "\n") {
@@ -147,13 +147,13 @@ func TestStageStatuses(t *testing.T) {
 			if m.keyHeld != nil && !allZero(m.keyHeld) {
 				t.Error("the volume key buffer was not wiped")
 			}
-			if tt.want == exitcodes.LUKSHeader && tt.fetch.path != "" {
+			if tt.want == guestabi.StatusLUKSHeader && tt.fetch.path != "" {
 				t.Error("the KBS was asked for a key for a disk that cannot be opened")
 			}
-			if tt.want == exitcodes.Mount && (len(m.removed) != 1 || m.removed[0] != DefaultMapName) {
+			if tt.want == guestabi.StatusMount && (len(m.removed) != 1 || m.removed[0] != DefaultMapName) {
 				t.Errorf("after a mount failure the mapping was not removed: %v", m.removed)
 			}
-			if tt.want == exitcodes.DMCrypt && tt.actErr != nil && !bytes.Equal(m.keyAtCall, vk) {
+			if tt.want == guestabi.StatusDMCrypt && tt.actErr != nil && !bytes.Equal(m.keyAtCall, vk) {
 				t.Error("activation was attempted with the wrong key")
 			}
 		})
@@ -162,10 +162,10 @@ func TestStageStatuses(t *testing.T) {
 
 func TestStageNeedsItsParts(t *testing.T) {
 	_, err := (&Stage{}).Run(context.Background())
-	if StatusOf(err) != exitcodes.ConfidentialInternal {
+	if StatusOf(err) != guestabi.StatusConfidentialInternal {
 		t.Fatalf("empty stage: %v", err)
 	}
-	if StatusOf(errors.New("other")) != exitcodes.ConfidentialInternal {
+	if StatusOf(errors.New("other")) != guestabi.StatusConfidentialInternal {
 		t.Fatal("StatusOf of a foreign error")
 	}
 }
@@ -180,7 +180,7 @@ func TestStageBudgetBoundsTheFetch(t *testing.T) {
 	start := time.Now()
 	s := &Stage{Params: testParams(), Fetcher: f, Device: img, KBSBudget: 7 * time.Second,
 		OpenMapper: func() (Mapper, error) { return nil, errors.New("unused") }, Mount: func(string) error { return nil }}
-	if _, err := s.Run(context.Background()); StatusOf(err) != exitcodes.KBSUnreachable {
+	if _, err := s.Run(context.Background()); StatusOf(err) != guestabi.StatusKBSUnreachable {
 		t.Fatalf("status %d: %v", StatusOf(err), err)
 	}
 	end := time.Now()
@@ -235,14 +235,14 @@ func TestCmdlineToProvider(t *testing.T) {
 		{name: "emulated tdx uses the host relay", cmdline: base + "krun.tee=emulated-tdx", want: attest.TDX, remote: true},
 		{name: "snp hardware", cmdline: base + "krun.tee=snp", detect: func() (evidence.Provider, error) { return fakeHW{attest.SNP}, nil }, want: attest.SNP},
 		{name: "tdx hardware", cmdline: base + "krun.tee=tdx", detect: func() (evidence.Provider, error) { return fakeHW{attest.TDX}, nil }, want: attest.TDX},
-		{name: "announced tdx on snp hardware", cmdline: base + "krun.tee=tdx", detect: func() (evidence.Provider, error) { return fakeHW{attest.SNP}, nil }, status: exitcodes.Evidence},
-		{name: "snp without a guest device", cmdline: base + "krun.tee=snp", detect: func() (evidence.Provider, error) { return nil, evidence.ErrNoTEE }, status: exitcodes.Evidence},
-		{name: "tee none is refused", cmdline: base + "krun.tee=none", status: exitcodes.Evidence},
-		{name: "tee none is refused unpinned too", cmdline: "krun.workload=wl krun.kbs=http://127.0.0.1:8080 krun.kbs_unpinned=1 krun.resource=a/b/c krun.tee=none", status: exitcodes.Evidence},
-		{name: "unknown tee", cmdline: base + "krun.tee=sev", status: exitcodes.LaunchParams},
-		{name: "missing resource", cmdline: "krun.workload=wl krun.kbs=https://k:1 krun.tee=snp", status: exitcodes.LaunchParams},
-		{name: "duplicate parameter", cmdline: base + "krun.tee=snp krun.tee=tdx", status: exitcodes.LaunchParams},
-		{name: "plain http with a pin", cmdline: "krun.workload=wl krun.kbs=http://k:1 krun.kbs_ca=" + strings.Repeat("ab", 32) + " krun.resource=a/b/c krun.tee=snp", status: exitcodes.LaunchParams},
+		{name: "announced tdx on snp hardware", cmdline: base + "krun.tee=tdx", detect: func() (evidence.Provider, error) { return fakeHW{attest.SNP}, nil }, status: guestabi.StatusEvidence},
+		{name: "snp without a guest device", cmdline: base + "krun.tee=snp", detect: func() (evidence.Provider, error) { return nil, evidence.ErrNoTEE }, status: guestabi.StatusEvidence},
+		{name: "tee none is refused", cmdline: base + "krun.tee=none", status: guestabi.StatusEvidence},
+		{name: "tee none is refused unpinned too", cmdline: "krun.workload=wl krun.kbs=http://127.0.0.1:8080 krun.kbs_unpinned=1 krun.resource=a/b/c krun.tee=none", status: guestabi.StatusEvidence},
+		{name: "unknown tee", cmdline: base + "krun.tee=sev", status: guestabi.StatusLaunchParams},
+		{name: "missing resource", cmdline: "krun.workload=wl krun.kbs=https://k:1 krun.tee=snp", status: guestabi.StatusLaunchParams},
+		{name: "duplicate parameter", cmdline: base + "krun.tee=snp krun.tee=tdx", status: guestabi.StatusLaunchParams},
+		{name: "plain http with a pin", cmdline: "krun.workload=wl krun.kbs=http://k:1 krun.kbs_ca=" + strings.Repeat("ab", 32) + " krun.resource=a/b/c krun.tee=snp", status: guestabi.StatusLaunchParams},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -295,7 +295,7 @@ func TestPlainCmdlineHasNoLaunchParams(t *testing.T) {
 // launchparams: every key Format writes is recognised, and each one alone
 // selects the confidential path.
 func TestLaunchKeysMatchFormat(t *testing.T) {
-	for _, p := range []*launchparams.Params{testParams(), {WorkloadID: "w", KBSURL: "http://127.0.0.1:1", TEE: "none", Resource: "a/b/c", Unpinned: true}} {
+	for _, p := range []*guestabi.LaunchParams{testParams(), {WorkloadID: "w", KBSURL: "http://127.0.0.1:1", TEE: "none", Resource: "a/b/c", Unpinned: true}} {
 		s, err := p.Format()
 		if err != nil {
 			t.Fatal(err)
@@ -316,7 +316,7 @@ func TestNewKBSClient(t *testing.T) {
 	}
 	bad := *p
 	bad.KBSCA = "zz"
-	if _, err := NewKBSClient(&bad, prov, nil, nil); StatusOf(err) != exitcodes.LaunchParams {
+	if _, err := NewKBSClient(&bad, prov, nil, nil); StatusOf(err) != guestabi.StatusLaunchParams {
 		t.Fatalf("bad pin: %v", err)
 	}
 }

@@ -4,7 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"regexp"
+	"github.com/krun-tee/krun-tee/launchconfig"
 	"strconv"
 	"strings"
 	"time"
@@ -36,8 +36,6 @@ type Workload struct {
 	Updated       time.Time `json:"updated"`
 }
 
-var workloadIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$`)
-
 // measurement sizes by TEE (SNP MEASUREMENT and TDX MRTD/RTMR are SHA-384).
 const (
 	measurementLen = 48
@@ -49,8 +47,10 @@ const (
 
 // Validate checks a workload definition and canonicalises hex to lower case.
 func (w *Workload) Validate() error {
-	if !workloadIDPattern.MatchString(w.ID) {
-		return fmt.Errorf("workload id %q: want 1-128 of [A-Za-z0-9_.:-], starting alphanumeric", truncate(w.ID, 64))
+	// The id syntax is the launch configuration's, so the KBS registers
+	// exactly the ids an image can carry.
+	if err := launchconfig.ValidateWorkloadID(w.ID); err != nil {
+		return err
 	}
 	if w.TEE != kbs.TEESNP && w.TEE != kbs.TEETDX {
 		return fmt.Errorf("workload %s: tee %q: want snp or tdx", w.ID, truncate(w.TEE, 16))

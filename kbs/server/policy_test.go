@@ -19,6 +19,7 @@ func TestWorkloadValidate(t *testing.T) {
 	}
 	bad := map[string]func(*Workload){
 		"id":            func(w *Workload) { w.ID = "-x" },
+		"colon id":      func(w *Workload) { w.ID = "team:web" }, // mkimage refuses it, so the KBS does too
 		"tee":           func(w *Workload) { w.TEE = "sample" },
 		"no meas":       func(w *Workload) { w.Measurements = nil },
 		"short meas":    func(w *Workload) { w.Measurements = []string{"abcd"} },

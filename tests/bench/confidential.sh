@@ -12,7 +12,7 @@
 # Per run: launch-to-exit wall time in L1 and the guest's uptime when the
 # workload ran, and the guest's boot stages for both modes side by side:
 # measure (`krun-tee measure` of the image, run separately), then the stages
-# the init reports on the VMM's stage port (init/stages), each as the time
+# the init reports on the VMM's stage port (guestabi.Stage), each as the time
 # since the VM started (the VMM's debug line "guest stage" stage=NAME t=SECS,
 # so the runs use KRUN_TEE_LOG=debug) and as the time since the stage before.
 # Absolute numbers under nested TCG are far slower than on hardware; compare
@@ -93,7 +93,7 @@ echo "measure (krun-tee measure of the image, once): $(grep '^BENCH measure ' "$
 # delta from the stage before it in that run (what the stage itself cost);
 # then the median of each over the runs that ended with the expected status
 # (0 for none, 3 for emulated-snp), for both modes side by side. The
-# order is init/stages' table; a mode that does not reach a stage shows "-".
+# order is guestabi's stage table; a mode that does not reach a stage shows "-".
 order="init-started root-device evidence key-received disk-unlocked root-mounted workload-exec"
 echo
 echo "guest boot stages, seconds (median over runs): since the VM started | since the previous stage"

@@ -1,6 +1,10 @@
 package devices
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/krun-tee/krun-tee/guestabi"
+)
 
 // i8042 keyboard controller ports.
 const (
@@ -46,8 +50,8 @@ func (k *I8042) Write(offset uint64, data []byte) {
 }
 
 // ExitPort is the port the guest's init writes the workload's exit status
-// to (one byte; the contract with krun-tee's init).
-const ExitPort = 0xf4
+// to (one byte; the contract with krun-tee's init, package guestabi).
+const ExitPort = guestabi.ExitPort
 
 // ExitDevice reports a one-byte OUT to ExitPort as the guest's exit status.
 // Other sizes are ignored so a stray wider write cannot end the VM with a

@@ -5,12 +5,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/krun-tee/krun-tee/init/stages"
+	"github.com/krun-tee/krun-tee/guestabi"
 )
 
 // StagePort is the port the guest's init writes boot-stage bytes to (the
-// table is init/stages).
-const StagePort = stages.Port
+// table is in package guestabi).
+const StagePort = guestabi.StagePort
 
 // MaxStageEvents bounds what StageDevice records and logs: an honest init
 // writes seven stages, so anything beyond this is a guest flooding the port,
@@ -20,7 +20,7 @@ const MaxStageEvents = 64
 // StageEvent is one stage byte the guest wrote and when, relative to the
 // VM's start (StageDevice.Start).
 type StageEvent struct {
-	Stage stages.Stage
+	Stage guestabi.Stage
 	At    time.Duration
 }
 
@@ -79,7 +79,7 @@ func (d *StageDevice) Write(offset uint64, data []byte) {
 	if offset != 0 || len(data) != 1 {
 		return
 	}
-	s := stages.Stage(data[0])
+	s := guestabi.Stage(data[0])
 	d.mu.Lock()
 	if len(d.events) >= MaxStageEvents {
 		first := !d.dropped

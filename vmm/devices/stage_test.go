@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/krun-tee/krun-tee/init/stages"
+	"github.com/krun-tee/krun-tee/guestabi"
 )
 
 // fakeClock advances by step on every reading.
@@ -28,16 +28,16 @@ func newTestStageDevice(level slog.Level) (*StageDevice, *bytes.Buffer, *fakeClo
 func TestStageDeviceRecords(t *testing.T) {
 	d, buf, _ := newTestStageDevice(slog.LevelDebug)
 	d.Start() // clock reads 1000.5; each write reads 250 ms later
-	d.Write(0, []byte{byte(stages.InitStarted)})
-	d.Write(0, []byte{byte(stages.RootMounted)})
+	d.Write(0, []byte{byte(guestabi.StageInitStarted)})
+	d.Write(0, []byte{byte(guestabi.StageRootMounted)})
 	d.Write(0, []byte{1, 2}) // wider writes do not count
 	d.Write(1, []byte{1})    // nor writes beside the port
 	d.Write(0, []byte{0x42}) // unknown: recorded, logged as unknown
 	got := d.Events()
 	want := []StageEvent{
-		{stages.InitStarted, 250 * time.Millisecond},
-		{stages.RootMounted, 500 * time.Millisecond},
-		{stages.Stage(0x42), 750 * time.Millisecond},
+		{guestabi.StageInitStarted, 250 * time.Millisecond},
+		{guestabi.StageRootMounted, 500 * time.Millisecond},
+		{guestabi.Stage(0x42), 750 * time.Millisecond},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("events %v, want %v", got, want)
@@ -62,7 +62,7 @@ func TestStageDeviceRecords(t *testing.T) {
 	}
 	// Events returns a copy: the caller cannot change the record.
 	got[0].Stage = 99
-	if d.Events()[0].Stage != stages.InitStarted {
+	if d.Events()[0].Stage != guestabi.StageInitStarted {
 		t.Error("Events shares its slice with the device")
 	}
 	var r [1]byte
@@ -76,7 +76,7 @@ func TestStageDeviceRecords(t *testing.T) {
 func TestStageDeviceSilentAtInfo(t *testing.T) {
 	d, buf, _ := newTestStageDevice(slog.LevelInfo)
 	d.Start()
-	d.Write(0, []byte{byte(stages.WorkloadExec)})
+	d.Write(0, []byte{byte(guestabi.StageWorkloadExec)})
 	d.Write(0, []byte{0})
 	if buf.Len() != 0 {
 		t.Errorf("logged at info level:\n%s", buf.String())

@@ -20,9 +20,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/init/confidential"
-	"github.com/krun-tee/krun-tee/init/exitcodes"
-	"github.com/krun-tee/krun-tee/init/launchparams"
 	"github.com/krun-tee/krun-tee/luks/dm"
 	"golang.org/x/sys/unix"
 )
@@ -41,7 +40,7 @@ func main() {
 	}
 	status := run()
 	if f, err := os.OpenFile("/dev/port", os.O_WRONLY, 0); err == nil {
-		_, _ = f.WriteAt([]byte{byte(status)}, 0xf4)
+		_, _ = f.WriteAt([]byte{byte(status)}, guestabi.ExitPort)
 	}
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	select {}
@@ -52,7 +51,7 @@ func run() int {
 		_ = os.MkdirAll(m.dst, 0o755)
 		if err := unix.Mount(m.src, m.dst, m.fs, 0, ""); err != nil {
 			fmt.Printf("kernelcheck: error: mount %s: %v\n", m.dst, err)
-			return exitcodes.Setup
+			return guestabi.StatusSetup
 		}
 	}
 	cmdline, _ := os.ReadFile("/proc/cmdline")
@@ -70,7 +69,7 @@ func run() int {
 	}
 	_ = os.MkdirAll("/mnt", 0o755)
 	s := &confidential.Stage{
-		Params:     &launchparams.Params{Resource: "kernelcheck/luks/root"},
+		Params:     &guestabi.LaunchParams{Resource: "kernelcheck/luks/root"},
 		Fetcher:    passphrase(pass),
 		Device:     "/dev/vda",
 		OpenMapper: func() (confidential.Mapper, error) { return dm.OpenControl() },
@@ -87,17 +86,17 @@ func run() int {
 	hello, err := os.ReadFile("/mnt/hello.txt")
 	if err != nil {
 		fmt.Printf("kernelcheck: error: %v\n", err)
-		return exitcodes.Config
+		return guestabi.StatusConfig
 	}
 	fmt.Printf("kernelcheck: hello=%s\n", strings.TrimSpace(string(hello)))
 	if err := os.WriteFile("/mnt/written.txt", []byte("written through dm-crypt\n"), 0o644); err != nil {
 		fmt.Printf("kernelcheck: error: %v\n", err)
-		return exitcodes.Exec
+		return guestabi.StatusExec
 	}
 	unix.Sync()
 	if err := unix.Unmount("/mnt", 0); err != nil {
 		fmt.Printf("kernelcheck: error: unmount: %v\n", err)
-		return exitcodes.Exec
+		return guestabi.StatusExec
 	}
 	c, err := dm.OpenControl()
 	if err == nil {
@@ -105,7 +104,7 @@ func run() int {
 	}
 	if err != nil {
 		fmt.Printf("kernelcheck: error: %v\n", err)
-		return exitcodes.DMCrypt
+		return guestabi.StatusDMCrypt
 	}
 	return 0
 }

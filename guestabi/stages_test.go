@@ -1,4 +1,4 @@
-package stages
+package guestabi
 
 import (
 	"strconv"
@@ -12,15 +12,15 @@ func TestTable(t *testing.T) {
 		v    uint8
 		name string
 	}{
-		{InitStarted, 1, "init-started"},
-		{RootDevice, 2, "root-device"},
-		{Evidence, 3, "evidence"},
-		{KeyReceived, 4, "key-received"},
-		{DiskUnlocked, 5, "disk-unlocked"},
-		{RootMounted, 6, "root-mounted"},
-		{WorkloadExec, 7, "workload-exec"},
+		{StageInitStarted, 1, "init-started"},
+		{StageRootDevice, 2, "root-device"},
+		{StageEvidence, 3, "evidence"},
+		{StageKeyReceived, 4, "key-received"},
+		{StageDiskUnlocked, 5, "disk-unlocked"},
+		{StageRootMounted, 6, "root-mounted"},
+		{StageWorkloadExec, 7, "workload-exec"},
 	}
-	all := All()
+	all := Stages()
 	if len(all) != len(want) {
 		t.Fatalf("All() has %d stages, want %d", len(all), len(want))
 	}
@@ -38,8 +38,8 @@ func TestTable(t *testing.T) {
 		seen[w.name] = true
 	}
 	// Outside QEMU's isa-debug-exit window at the exit port (0xf4-0xf7).
-	if Port != 0xf8 {
-		t.Errorf("Port = %#x, want 0xf8", Port)
+	if StagePort != 0xf8 {
+		t.Errorf("Port = %#x, want 0xf8", StagePort)
 	}
 }
 

@@ -1,4 +1,4 @@
-package exitcodes
+package guestabi
 
 import (
 	"strings"
@@ -6,26 +6,26 @@ import (
 )
 
 func TestTableIsDistinctAndInRange(t *testing.T) {
-	confidential := []int{LaunchParams, Evidence, Clock, KBSUnreachable, AttestationRefused, KBSIdentity,
-		KBSProtocol, LUKSHeader, WrongKey, DMCrypt, Mount, ConfidentialInternal, Stalled}
-	plain := []int{Setup, Root, Config, SwitchRoot, Exec}
+	confidential := []int{StatusLaunchParams, StatusEvidence, StatusClock, StatusKBSUnreachable, StatusAttestationRefused, StatusKBSIdentity,
+		StatusKBSProtocol, StatusLUKSHeader, StatusWrongKey, StatusDMCrypt, StatusMount, StatusConfidentialInternal, StatusStalled}
+	plain := []int{StatusSetup, StatusRoot, StatusConfig, StatusSwitchRoot, StatusExec}
 	seen := map[int]bool{}
 	for _, c := range append(append([]int{}, confidential...), plain...) {
 		if seen[c] {
 			t.Errorf("status %d used twice", c)
 		}
 		seen[c] = true
-		step, ok := Step(c)
+		step, ok := StatusStep(c)
 		if !ok || step == "" || strings.ContainsAny(step, " :") {
 			t.Errorf("status %d: step %q ok=%v", c, step, ok)
 		}
-		if !IsInit(c) {
+		if !IsInitStatus(c) {
 			t.Errorf("IsInit(%d) = false", c)
 		}
 	}
 	for _, c := range confidential {
-		if c < ConfidentialFirst || c > ConfidentialLast {
-			t.Errorf("confidential status %d outside %d-%d", c, ConfidentialFirst, ConfidentialLast)
+		if c < StatusConfidentialFirst || c > StatusConfidentialLast {
+			t.Errorf("confidential status %d outside %d-%d", c, StatusConfidentialFirst, StatusConfidentialLast)
 		}
 	}
 	for _, c := range plain {
@@ -33,8 +33,8 @@ func TestTableIsDistinctAndInRange(t *testing.T) {
 			t.Errorf("plain status %d moved out of 120-124", c)
 		}
 	}
-	if len(table) != len(seen)+2 { // + 126, 127
-		t.Errorf("table has %d rows, want %d", len(table), len(seen)+2)
+	if len(statusTable) != len(seen)+2 { // + 126, 127
+		t.Errorf("table has %d rows, want %d", len(statusTable), len(seen)+2)
 	}
 }
 
@@ -58,11 +58,11 @@ func TestDescribe(t *testing.T) {
 		{256, "invalid exit status 256"},
 	}
 	for _, tt := range tests {
-		if got := Describe(tt.code); !strings.Contains(got, tt.want) {
+		if got := DescribeStatus(tt.code); !strings.Contains(got, tt.want) {
 			t.Errorf("Describe(%d) = %q, want it to contain %q", tt.code, got, tt.want)
 		}
 	}
-	if IsInit(0) || IsInit(112) || IsInit(137) {
+	if IsInitStatus(0) || IsInitStatus(112) || IsInitStatus(137) {
 		t.Error("IsInit claims a workload status")
 	}
 }
@@ -71,14 +71,14 @@ func TestDescribe(t *testing.T) {
 // on in `krun-tee run`'s output; changing one is an interface change.
 func TestDescribePhrasesAreStable(t *testing.T) {
 	for code, phrase := range map[int]string{
-		KBSUnreachable:     "could not be reached",
-		AttestationRefused: "refused the attestation",
-		KBSIdentity:        "does not chain to the pinned CA",
-		WrongKey:           "does not open the disk",
-		LUKSHeader:         "not a valid LUKS2",
-		Config:             "/.krun_config.json",
+		StatusKBSUnreachable:     "could not be reached",
+		StatusAttestationRefused: "refused the attestation",
+		StatusKBSIdentity:        "does not chain to the pinned CA",
+		StatusWrongKey:           "does not open the disk",
+		StatusLUKSHeader:         "not a valid LUKS2",
+		StatusConfig:             "/.krun_config.json",
 	} {
-		if got := Describe(code); !strings.Contains(got, phrase) {
+		if got := DescribeStatus(code); !strings.Contains(got, phrase) {
 			t.Errorf("Describe(%d) = %q lost %q", code, got, phrase)
 		}
 	}

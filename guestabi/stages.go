@@ -1,5 +1,9 @@
-// Package stages is the table of boot stages the in-guest init reports to
-// the VMM through I/O port 0xf8 (the "stage port"), shared with the host so
+package guestabi
+
+import "fmt"
+
+// The boot stages: the table of boot stages the in-guest init reports to
+// the VMM through StagePort, shared with the host so
 // the VMM can name them without duplicating the table. It exists for timing
 // (tests/bench/confidential.sh): the host cannot see the guest-side stages
 // otherwise, and printing them on the console would mix them into the
@@ -22,61 +26,49 @@
 //
 // The guest is untrusted: the host treats a stage byte as a hint for
 // timing, never as evidence that a stage happened.
-package stages
 
-import "fmt"
-
-// Stage is one boot stage; its value is the byte written to Port.
+// Stage is one boot stage; its value is the byte written to StagePort.
 type Stage uint8
-
-// Port is the I/O port init writes stage bytes to. Not 0xf5, next to the
-// exit port: QEMU's isa-debug-exit, which the reference runs and tests put
-// at the exit port as "iobase=0xf4,iosize=0x04" (the usual idiom), exits on
-// a write anywhere in 0xf4-0xf7, so a stage byte there would end every QEMU
-// boot of this init at its first stage. 0xf8 is the first port past that
-// window and, like 0xf4, inside the legacy FPU range (0xf0-0xff) that Linux
-// reserves and no x86-64 driver touches.
-const Port = 0xf8
 
 // The stages, in the order init reaches them.
 const (
-	InitStarted  Stage = 1
-	RootDevice   Stage = 2
-	Evidence     Stage = 3
-	KeyReceived  Stage = 4
-	DiskUnlocked Stage = 5
-	RootMounted  Stage = 6
-	WorkloadExec Stage = 7
+	StageInitStarted  Stage = 1
+	StageRootDevice   Stage = 2
+	StageEvidence     Stage = 3
+	StageKeyReceived  Stage = 4
+	StageDiskUnlocked Stage = 5
+	StageRootMounted  Stage = 6
+	StageWorkloadExec Stage = 7
 )
 
-// names are the stable names the VMM logs and the benchmark parses.
-var names = [...]string{
-	InitStarted:  "init-started",
-	RootDevice:   "root-device",
-	Evidence:     "evidence",
-	KeyReceived:  "key-received",
-	DiskUnlocked: "disk-unlocked",
-	RootMounted:  "root-mounted",
-	WorkloadExec: "workload-exec",
+// stageNames are the stable stageNames the VMM logs and the benchmark parses.
+var stageNames = [...]string{
+	StageInitStarted:  "init-started",
+	StageRootDevice:   "root-device",
+	StageEvidence:     "evidence",
+	StageKeyReceived:  "key-received",
+	StageDiskUnlocked: "disk-unlocked",
+	StageRootMounted:  "root-mounted",
+	StageWorkloadExec: "workload-exec",
 }
 
-// All lists the stages in order.
-func All() []Stage {
-	all := make([]Stage, 0, len(names)-1)
-	for s := InitStarted; int(s) < len(names); s++ {
+// Stages lists the stages in order.
+func Stages() []Stage {
+	all := make([]Stage, 0, len(stageNames)-1)
+	for s := StageInitStarted; int(s) < len(stageNames); s++ {
 		all = append(all, s)
 	}
 	return all
 }
 
 // Known reports whether s is in the table.
-func (s Stage) Known() bool { return s != 0 && int(s) < len(names) }
+func (s Stage) Known() bool { return s != 0 && int(s) < len(stageNames) }
 
 // String is the stage's name, or "unknown-N" for a byte not in the table
 // (a newer guest, or a misbehaving one).
 func (s Stage) String() string {
 	if s.Known() {
-		return names[s]
+		return stageNames[s]
 	}
 	return fmt.Sprintf("unknown-%d", uint8(s))
 }
