@@ -120,105 +120,121 @@ func hexFlag(name, v string, size int) ([]byte, error) {
 	return b, nil
 }
 
+// emulateFlags are `attest emulate`'s report contents.
+type emulateFlags struct {
+	tee, root, rdHex, measHex, mrtdHex, hostHex string
+	debug                                       bool
+	rtmrs                                       stringList
+}
+
 func attestEmulate(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("attest emulate", "attest emulate --tee snp|tdx --root DIR --report-data HEX [flags]", stderr)
-	tee := fs.String("tee", "", "snp or tdx")
-	root := fs.String("root", "", "emulated root directory (from emulated-root init)")
-	rdHex := fs.String("report-data", "", "REPORT_DATA, 64 bytes hex")
-	measHex := fs.String("measurement", "", "SNP MEASUREMENT, 48 bytes hex")
-	mrtdHex := fs.String("mrtd", "", "TDX MRTD, 48 bytes hex")
-	hostHex := fs.String("host-data", "", "SNP HOST_DATA (32 bytes) or TDX MRCONFIGID (48 bytes), hex")
-	debug := fs.Bool("debug", false, "mark the guest debuggable (SNP policy DEBUG / TD attribute DEBUG)")
-	var rtmrs stringList
-	fs.Var(&rtmrs, "rtmr", "TDX RTMR value as I=HEX (I in 0..3); repeatable")
+	f := &emulateFlags{}
+	fs.StringVar(&f.tee, "tee", "", "snp or tdx")
+	fs.StringVar(&f.root, "root", "", "emulated root directory (from emulated-root init)")
+	fs.StringVar(&f.rdHex, "report-data", "", "REPORT_DATA, 64 bytes hex")
+	fs.StringVar(&f.measHex, "measurement", "", "SNP MEASUREMENT, 48 bytes hex")
+	fs.StringVar(&f.mrtdHex, "mrtd", "", "TDX MRTD, 48 bytes hex")
+	fs.StringVar(&f.hostHex, "host-data", "", "SNP HOST_DATA (32 bytes) or TDX MRCONFIGID (48 bytes), hex")
+	fs.BoolVar(&f.debug, "debug", false, "mark the guest debuggable (SNP policy DEBUG / TD attribute DEBUG)")
+	fs.Var(&f.rtmrs, "rtmr", "TDX RTMR value as I=HEX (I in 0..3); repeatable")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *root == "" || *rdHex == "" || fs.NArg() != 0 {
+	if f.root == "" || f.rdHex == "" || fs.NArg() != 0 {
 		return usagef("attest emulate needs --tee, --root and --report-data")
 	}
-	rd, err := hexFlag("report-data", *rdHex, 64)
+	rd, err := hexFlag("report-data", f.rdHex, 64)
 	if err != nil {
 		return err
 	}
 	var ev []byte
-	switch attest.TEE(*tee) {
+	switch attest.TEE(f.tee) {
 	case attest.SNP:
-		if *mrtdHex != "" || len(rtmrs) > 0 {
-			return usagef("--mrtd and --rtmr are TDX flags")
-		}
-		var p psp.ReportParams
-		copy(p.ReportData[:], rd)
-		if *measHex != "" {
-			m, err := hexFlag("measurement", *measHex, 48)
-			if err != nil {
-				return err
-			}
-			copy(p.Measurement[:], m)
-		}
-		if *hostHex != "" {
-			h, err := hexFlag("host-data", *hostHex, 32)
-			if err != nil {
-				return err
-			}
-			copy(p.HostData[:], h)
-		}
-		if *debug {
-			p.Policy = sev.DefaultPolicy | 1<<19
-		}
-		chip, err := psp.Load(*root)
-		if err != nil {
-			return err
-		}
-		if ev, err = chip.Evidence(p); err != nil {
-			return err
-		}
+		ev, err = f.emulateSNP(rd)
 	case attest.TDX:
-		if *measHex != "" {
-			return usagef("--measurement is the SNP flag; use --mrtd for TDX")
-		}
-		var q tdxmodule.QuoteParams
-		copy(q.ReportData[:], rd)
-		if *mrtdHex != "" {
-			m, err := hexFlag("mrtd", *mrtdHex, 48)
-			if err != nil {
-				return err
-			}
-			copy(q.MRTD[:], m)
-		}
-		if *hostHex != "" {
-			h, err := hexFlag("host-data", *hostHex, 48)
-			if err != nil {
-				return err
-			}
-			copy(q.MRConfigID[:], h)
-		}
-		for _, r := range rtmrs {
-			idx, val, ok := strings.Cut(r, "=")
-			if !ok || len(idx) != 1 || idx[0] < '0' || idx[0] > '3' {
-				return usagef("--rtmr %q: want I=HEX with I in 0..3", r)
-			}
-			v, err := hexFlag("rtmr", val, 48)
-			if err != nil {
-				return err
-			}
-			copy(q.RTMRs[idx[0]-'0'][:], v)
-		}
-		if *debug {
-			q.TDAttributes = 1
-		}
-		m, err := tdxmodule.Load(*root)
-		if err != nil {
-			return err
-		}
-		if ev, err = m.Evidence(q); err != nil {
-			return err
-		}
+		ev, err = f.emulateTDX(rd)
 	default:
-		return usagef("--tee must be snp or tdx, not %q", *tee)
+		return usagef("--tee must be snp or tdx, not %q", f.tee)
+	}
+	if err != nil {
+		return err
 	}
 	_, err = fmt.Fprintf(stdout, "%s\n", ev)
 	return err
+}
+
+// emulateSNP signs an SNP report with the emulated PSP.
+func (f *emulateFlags) emulateSNP(rd []byte) ([]byte, error) {
+	if f.mrtdHex != "" || len(f.rtmrs) > 0 {
+		return nil, usagef("--mrtd and --rtmr are TDX flags")
+	}
+	var p psp.ReportParams
+	copy(p.ReportData[:], rd)
+	if f.measHex != "" {
+		m, err := hexFlag("measurement", f.measHex, 48)
+		if err != nil {
+			return nil, err
+		}
+		copy(p.Measurement[:], m)
+	}
+	if f.hostHex != "" {
+		h, err := hexFlag("host-data", f.hostHex, 32)
+		if err != nil {
+			return nil, err
+		}
+		copy(p.HostData[:], h)
+	}
+	if f.debug {
+		p.Policy = sev.DefaultPolicy | 1<<19
+	}
+	chip, err := psp.Load(f.root)
+	if err != nil {
+		return nil, err
+	}
+	return chip.Evidence(p)
+}
+
+// emulateTDX signs a TDX quote with the emulated TDX module.
+func (f *emulateFlags) emulateTDX(rd []byte) ([]byte, error) {
+	if f.measHex != "" {
+		return nil, usagef("--measurement is the SNP flag; use --mrtd for TDX")
+	}
+	var q tdxmodule.QuoteParams
+	copy(q.ReportData[:], rd)
+	if f.mrtdHex != "" {
+		m, err := hexFlag("mrtd", f.mrtdHex, 48)
+		if err != nil {
+			return nil, err
+		}
+		copy(q.MRTD[:], m)
+	}
+	if f.hostHex != "" {
+		h, err := hexFlag("host-data", f.hostHex, 48)
+		if err != nil {
+			return nil, err
+		}
+		copy(q.MRConfigID[:], h)
+	}
+	for _, r := range f.rtmrs {
+		idx, val, ok := strings.Cut(r, "=")
+		if !ok || len(idx) != 1 || idx[0] < '0' || idx[0] > '3' {
+			return nil, usagef("--rtmr %q: want I=HEX with I in 0..3", r)
+		}
+		v, err := hexFlag("rtmr", val, 48)
+		if err != nil {
+			return nil, err
+		}
+		copy(q.RTMRs[idx[0]-'0'][:], v)
+	}
+	if f.debug {
+		q.TDAttributes = 1
+	}
+	m, err := tdxmodule.Load(f.root)
+	if err != nil {
+		return nil, err
+	}
+	return m.Evidence(q)
 }
 
 func readLimited(path string, max int64) ([]byte, error) {

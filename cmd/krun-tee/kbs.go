@@ -200,124 +200,142 @@ func kbsAdminKey(args []string, stdout, stderr io.Writer) error {
 
 func kbsAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("kbs admin", "kbs admin --kbs URL --admin-key FILE [--ca FILE] <verb> ...", stderr)
-	url := fs.String("kbs", "", "KBS base URL")
-	keyFile := fs.String("admin-key", "", "admin private key (PEM PKCS#8, Ed25519 or P-256)")
-	caFile := fs.String("ca", "", "CA certificate (PEM) to verify the KBS's TLS certificate; default: system roots")
-	subject := fs.String("subject", "", "operator name recorded in the audit log (default: $USER)")
+	reg := &registration{}
+	fs.StringVar(&reg.adminURL, "kbs", "", "KBS base URL")
+	fs.StringVar(&reg.adminKey, "admin-key", "", "admin private key (PEM PKCS#8, Ed25519 or P-256)")
+	fs.StringVar(&reg.caFile, "ca", "", "CA certificate (PEM) to verify the KBS's TLS certificate; default: system roots")
+	fs.StringVar(&reg.subject, "subject", "", "operator name recorded in the audit log (default: $USER)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *url == "" || *keyFile == "" {
+	if reg.adminURL == "" || reg.adminKey == "" {
 		return usagef("need --kbs URL and --admin-key FILE")
 	}
+	reg.kbsURL = reg.adminURL
 	rest := fs.Args()
 	if len(rest) == 0 {
 		return usagef("missing admin verb (set-resource, delete-resource, register, unregister, list, audit)")
 	}
-	signer, err := kbsserver.LoadAdminPrivateKey(*keyFile)
+	ac, err := reg.client()
 	if err != nil {
 		return err
 	}
-	hc, err := adminHTTPClient(*caFile)
+	a := &adminCmd{ac: ac, reg: reg, stdout: stdout, stderr: stderr}
+	verbs := map[string]func(context.Context, []string) error{
+		"set-resource": a.setResource, "delete-resource": a.deleteResource, "register": a.register,
+		"unregister": a.unregister, "list": a.list, "audit": a.audit,
+	}
+	run, ok := verbs[rest[0]]
+	if !ok {
+		return usagef("unknown admin verb %q", rest[0])
+	}
+	return run(ctx, rest[1:])
+}
+
+// adminCmd runs one `kbs admin` verb with an authenticated client.
+type adminCmd struct {
+	ac             *kbsserver.AdminClient
+	reg            *registration // for register --image
+	stdout, stderr io.Writer
+}
+
+func (a *adminCmd) setResource(ctx context.Context, args []string) error {
+	vfs := newFlagSet("kbs admin set-resource", "kbs admin ... set-resource PATH --file F", a.stderr)
+	file := vfs.String("file", "", "file holding the secret")
+	path, err := parseWithPath(vfs, args)
 	if err != nil {
 		return err
 	}
-	sub := *subject
-	if sub == "" {
-		sub = os.Getenv("USER")
+	if *file == "" {
+		return usagef("set-resource needs --file F")
 	}
-	ac := &kbsserver.AdminClient{URL: *url, Signer: signer, Subject: sub, HTTP: hc}
-	verb, vargs := rest[0], rest[1:]
-	switch verb {
-	case "set-resource":
-		vfs := newFlagSet("kbs admin set-resource", "kbs admin ... set-resource PATH --file F", stderr)
-		file := vfs.String("file", "", "file holding the secret")
-		path, err := parseWithPath(vfs, vargs)
-		if err != nil {
-			return err
-		}
-		if *file == "" {
-			return usagef("set-resource needs --file F")
-		}
-		secret, err := os.ReadFile(*file)
-		if err != nil {
-			return err
-		}
-		if err := ac.SetResource(ctx, path, secret); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "resource %s set (%d bytes)\n", path, len(secret))
-		return nil
-	case "delete-resource":
-		vfs := newFlagSet("kbs admin delete-resource", "kbs admin ... delete-resource PATH", stderr)
-		path, err := parseWithPath(vfs, vargs)
-		if err != nil {
-			return err
-		}
-		if err := ac.DeleteResource(ctx, path); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "resource %s deleted\n", path)
-		return nil
-	case "register":
-		if hasFlag(vargs, "image") {
-			reg := &registration{adminKey: *keyFile, adminURL: *url, kbsURL: *url, caFile: *caFile, subject: sub}
-			return registerImage(ctx, reg, vargs, stdout, stderr)
-		}
-		w, err := parseRegister(vargs, stderr)
-		if err != nil {
-			return err
-		}
-		got, err := ac.Register(ctx, w)
-		if err != nil {
-			return err
-		}
-		return printJSON(stdout, got)
-	case "unregister":
-		vfs := newFlagSet("kbs admin unregister", "kbs admin ... unregister --workload ID", stderr)
-		id := vfs.String("workload", "", "workload id")
-		if err := vfs.Parse(vargs); err != nil {
-			return err
-		}
-		if *id == "" || vfs.NArg() != 0 {
-			return usagef("unregister needs --workload ID")
-		}
-		if err := ac.Unregister(ctx, *id); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "workload %s unregistered\n", *id)
-		return nil
-	case "list":
-		if len(vargs) != 0 {
-			return usagef("list takes no arguments")
-		}
-		wls, err := ac.Workloads(ctx)
-		if err != nil {
-			return err
-		}
-		res, err := ac.Resources(ctx)
-		if err != nil {
-			return err
-		}
-		return printJSON(stdout, map[string]any{"workloads": wls, "resources": res})
-	case "audit":
-		vfs := newFlagSet("kbs admin audit", "kbs admin ... audit [--after N] [--limit N]", stderr)
-		after := vfs.Int64("after", 0, "only entries with a larger id")
-		limit := vfs.Int("limit", 100, "at most this many entries (1..1000)")
-		if err := vfs.Parse(vargs); err != nil {
-			return err
-		}
-		entries, err := ac.Audit(ctx, *after, *limit)
-		if err != nil {
-			return err
-		}
-		for _, e := range entries {
-			fmt.Fprintf(stdout, "%d\t%s\t%s\t%s\t%s\t%s\n", e.ID, e.Time.Format(time.RFC3339), e.Event, e.Who,
-				orDash(e.Resource), orDash(e.Reason))
-		}
-		return nil
+	secret, err := os.ReadFile(*file)
+	if err != nil {
+		return err
 	}
-	return usagef("unknown admin verb %q", verb)
+	defer clear(secret)
+	if err := a.ac.SetResource(ctx, path, secret); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stdout, "resource %s set (%d bytes)\n", path, len(secret))
+	return nil
+}
+
+func (a *adminCmd) deleteResource(ctx context.Context, args []string) error {
+	vfs := newFlagSet("kbs admin delete-resource", "kbs admin ... delete-resource PATH", a.stderr)
+	path, err := parseWithPath(vfs, args)
+	if err != nil {
+		return err
+	}
+	if err := a.ac.DeleteResource(ctx, path); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stdout, "resource %s deleted\n", path)
+	return nil
+}
+
+func (a *adminCmd) register(ctx context.Context, args []string) error {
+	if hasFlag(args, "image") {
+		return registerImage(ctx, a.reg, args, a.stdout, a.stderr)
+	}
+	w, err := parseRegister(args, a.stderr)
+	if err != nil {
+		return err
+	}
+	got, err := a.ac.Register(ctx, w)
+	if err != nil {
+		return err
+	}
+	return printJSON(a.stdout, got)
+}
+
+func (a *adminCmd) unregister(ctx context.Context, args []string) error {
+	vfs := newFlagSet("kbs admin unregister", "kbs admin ... unregister --workload ID", a.stderr)
+	id := vfs.String("workload", "", "workload id")
+	if err := vfs.Parse(args); err != nil {
+		return err
+	}
+	if *id == "" || vfs.NArg() != 0 {
+		return usagef("unregister needs --workload ID")
+	}
+	if err := a.ac.Unregister(ctx, *id); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stdout, "workload %s unregistered\n", *id)
+	return nil
+}
+
+func (a *adminCmd) list(ctx context.Context, args []string) error {
+	if len(args) != 0 {
+		return usagef("list takes no arguments")
+	}
+	wls, err := a.ac.Workloads(ctx)
+	if err != nil {
+		return err
+	}
+	res, err := a.ac.Resources(ctx)
+	if err != nil {
+		return err
+	}
+	return printJSON(a.stdout, map[string]any{"workloads": wls, "resources": res})
+}
+
+func (a *adminCmd) audit(ctx context.Context, args []string) error {
+	vfs := newFlagSet("kbs admin audit", "kbs admin ... audit [--after N] [--limit N]", a.stderr)
+	after := vfs.Int64("after", 0, "only entries with a larger id")
+	limit := vfs.Int("limit", 100, "at most this many entries (1..1000)")
+	if err := vfs.Parse(args); err != nil {
+		return err
+	}
+	entries, err := a.ac.Audit(ctx, *after, *limit)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		fmt.Fprintf(a.stdout, "%d\t%s\t%s\t%s\t%s\t%s\n", e.ID, e.Time.Format(time.RFC3339), e.Event, e.Who,
+			orDash(e.Resource), orDash(e.Reason))
+	}
+	return nil
 }
 
 // parseWithPath accepts the resource path before or after the flags.

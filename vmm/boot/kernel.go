@@ -154,6 +154,45 @@ func parseELF(data []byte) (*Kernel, error) {
 	if phoff > uint64(len(data)) || phnum*elfPhdrSize > uint64(len(data))-phoff {
 		return nil, fmt.Errorf("program headers at %#x (%d) run past the end of the %d-byte file", phoff, phnum, len(data))
 	}
+	segs, err := elfLoadSegments(data, phoff, phnum)
+	if err != nil {
+		return nil, err
+	}
+	start, end, fileEnd := ^uint64(0), uint64(0), uint64(0)
+	for _, s := range segs {
+		start = min(start, s.paddr)
+		end = max(end, s.paddr+s.memsz)
+		fileEnd = max(fileEnd, s.paddr+s.filesz)
+	}
+	start &^= 0xfff
+	// The image is bounded by the MMIO hole (3 GiB) above and by the checks
+	// above; in practice it is the vmlinux's text+data, a few tens of MiB.
+	if fileEnd-start > 2*uint64(len(data))+(64<<20) {
+		return nil, fmt.Errorf("load segments span %#x bytes, far more than the %d-byte file holds", fileEnd-start, len(data))
+	}
+	if entry < start || entry >= end {
+		return nil, fmt.Errorf("entry point %#x is outside the loaded image [%#x,%#x)", entry, start, end)
+	}
+	img := make([]byte, max(fileEnd, start)-start)
+	for _, s := range segs {
+		copy(img[s.paddr-start:], data[s.off:s.off+s.filesz])
+	}
+	return &Kernel{
+		Format:     FormatELF,
+		LoadAddr:   start,
+		Image:      img,
+		End:        end,
+		Entry:      entry,
+		CmdlineMax: MaxCmdlineELF,
+		InitrdMax:  DefaultInitrdMax,
+	}, nil
+}
+
+// elfLoadSegments returns the non-empty PT_LOAD segments of the program
+// headers at phoff, each checked to lie inside the file, above the boot
+// structures, below the MMIO hole and clear of the others.
+func elfLoadSegments(data []byte, phoff, phnum uint64) ([]elfSegment, error) {
+	le := binary.LittleEndian
 	var segs []elfSegment
 	for i := uint64(0); i < phnum; i++ {
 		ph := data[phoff+i*elfPhdrSize:][:elfPhdrSize]
@@ -185,34 +224,7 @@ func parseELF(data []byte) (*Kernel, error) {
 	if len(segs) == 0 {
 		return nil, errors.New("no loadable segments")
 	}
-	start, end, fileEnd := ^uint64(0), uint64(0), uint64(0)
-	for _, s := range segs {
-		start = min(start, s.paddr)
-		end = max(end, s.paddr+s.memsz)
-		fileEnd = max(fileEnd, s.paddr+s.filesz)
-	}
-	start &^= 0xfff
-	// The image is bounded by the MMIO hole (3 GiB) above and by the checks
-	// above; in practice it is the vmlinux's text+data, a few tens of MiB.
-	if fileEnd-start > 2*uint64(len(data))+(64<<20) {
-		return nil, fmt.Errorf("load segments span %#x bytes, far more than the %d-byte file holds", fileEnd-start, len(data))
-	}
-	if entry < start || entry >= end {
-		return nil, fmt.Errorf("entry point %#x is outside the loaded image [%#x,%#x)", entry, start, end)
-	}
-	img := make([]byte, max(fileEnd, start)-start)
-	for _, s := range segs {
-		copy(img[s.paddr-start:], data[s.off:s.off+s.filesz])
-	}
-	return &Kernel{
-		Format:     FormatELF,
-		LoadAddr:   start,
-		Image:      img,
-		End:        end,
-		Entry:      entry,
-		CmdlineMax: MaxCmdlineELF,
-		InitrdMax:  DefaultInitrdMax,
-	}, nil
+	return segs, nil
 }
 
 func parseBzImage(data []byte) (*Kernel, error) {
