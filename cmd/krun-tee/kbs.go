@@ -24,10 +24,11 @@ func init() {
 }
 
 const kbsUsage = `usage:
-  krun-tee kbs serve --config FILE
-  krun-tee kbs serve --dev --listen 127.0.0.1:PORT --state DIR [--insecure-http]
+  krun-tee kbs serve --config FILE [--addr-file FILE]
+  krun-tee kbs serve --dev --listen 127.0.0.1:PORT --state DIR [--insecure-http] [--addr-file FILE]
       (dev mode serves TLS from a CA it generates in DIR: hand DIR/ca.pem to
-      mkimage --kbs-ca and kbs admin --ca)
+      mkimage --kbs-ca and kbs admin --ca; --addr-file FILE receives the
+      bound HOST:PORT once the KBS accepts connections, e.g. with port 0)
   krun-tee kbs admin --kbs URL --admin-key FILE [--ca FILE] <verb> ...
       set-resource PATH --file F
       delete-resource PATH
@@ -79,12 +80,13 @@ func runKBS(ctx context.Context, args []string) error {
 }
 
 func kbsServe(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := newFlagSet("kbs serve", "kbs serve --config FILE | --dev --listen ADDR --state DIR\n(run 'krun-tee kbs help' for the configuration file format)", stderr)
+	fs := newFlagSet("kbs serve", "kbs serve --config FILE | --dev --listen ADDR --state DIR [--addr-file FILE]\n(run 'krun-tee kbs help' for the configuration file format)", stderr)
 	config := fs.String("config", "", "configuration file (JSON, see kbsserver.Config)")
 	dev := fs.Bool("dev", false, "development mode: embedded store, generated admin key and emulated root in --state (loopback only)")
 	listen := fs.String("listen", "127.0.0.1:8080", "listen address (dev mode)")
 	state := fs.String("state", "", "state directory (dev mode)")
 	insecureHTTP := fs.Bool("insecure-http", false, "dev mode: serve plain HTTP instead of TLS (guests then need an unpinned image)")
+	addrFile := fs.String("addr-file", "", "write the bound address (HOST:PORT) to `FILE` once the KBS accepts connections, for scripts (--listen 127.0.0.1:0)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -115,7 +117,55 @@ func kbsServe(ctx context.Context, args []string, stderr io.Writer) error {
 	default:
 		return usagef("need --config FILE or --dev")
 	}
-	return kbsserver.Run(ctx, cfg, slog.Default(), nil)
+	return serveKBS(ctx, cfg, *addrFile)
+}
+
+// serveKBS runs the KBS; with addrFile set it writes the bound address there
+// once the listener is up (and removes the file when the KBS stops), so
+// scripts wait for the file instead of scraping the log.
+func serveKBS(ctx context.Context, cfg *kbsserver.Config, addrFile string) error {
+	if addrFile == "" {
+		return kbsserver.Run(ctx, cfg, slog.Default(), nil)
+	}
+	// A file left by an earlier run must not be taken for this one's address.
+	if err := os.Remove(addrFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("--addr-file: %w", err)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer os.Remove(addrFile)
+	err := kbsserver.Run(ctx, cfg, slog.Default(), func(addr net.Addr) {
+		if werr := writeFileAtomic(addrFile, []byte(addr.String()+"\n"), 0o644); werr != nil {
+			cancel(fmt.Errorf("--addr-file: %w", werr))
+		}
+	})
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return err
+}
+
+// writeFileAtomic writes data to a temporary file next to path and renames
+// it into place, so a reader sees either no file or all of it.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	_, werr := tmp.Write(data)
+	if err := tmp.Chmod(mode); werr == nil {
+		werr = err
+	}
+	if err := tmp.Close(); werr == nil {
+		werr = err
+	}
+	if werr == nil {
+		werr = os.Rename(tmp.Name(), path)
+	}
+	if werr != nil {
+		os.Remove(tmp.Name())
+	}
+	return werr
 }
 
 // devConfig prepares DIR for development mode and says loudly what it did.

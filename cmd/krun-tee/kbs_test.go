@@ -79,12 +79,28 @@ func TestKBSDevServeAndAdmin(t *testing.T) {
 		t.Skip("generates emulated roots; skipped in -short")
 	}
 	state := t.TempDir()
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
+	// The KBS picks a free port and reports it through --addr-file once it
+	// accepts connections; a stale file from an earlier run is replaced.
+	addrFile := filepath.Join(t.TempDir(), "kbs.addr")
+	os.WriteFile(addrFile, []byte("127.0.0.1:1\n"), 0o644)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- kbsServe(ctx, []string{"--dev", "--listen", addr, "--state", state}, io.Discard) }()
+	go func() {
+		done <- kbsServe(ctx, []string{"--dev", "--listen", "127.0.0.1:0", "--state", state, "--addr-file", addrFile}, io.Discard)
+	}()
+	var addr string
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if b, err := os.ReadFile(addrFile); err == nil && string(b) != "127.0.0.1:1\n" {
+			addr = strings.TrimSpace(string(b))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the KBS wrote no --addr-file")
+		}
+	}
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "0" {
+		t.Fatalf("--addr-file holds %q", addr)
+	}
 	caPEM := waitForFile(t, filepath.Join(state, devCAFile))
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(caPEM) {
@@ -95,6 +111,9 @@ func TestKBSDevServeAndAdmin(t *testing.T) {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
+		}
+		if _, err := os.Stat(addrFile); !os.IsNotExist(err) {
+			t.Errorf("--addr-file left behind after the KBS stopped: %v", err)
 		}
 	}()
 	url := "https://" + addr
