@@ -76,12 +76,11 @@ stage "starting KBS (development mode: TLS with a generated CA, emulated root of
 # serves the guest from inside L1. Direct: it serves the guest too.
 listen=127.0.0.1:0
 [ "$mode" = nested ] || listen=127.0.0.1:8443
-"$bin" kbs serve --dev --listen "$listen" --state "$demo/kbs" >"$work/kbs.log" 2>&1 &
+"$bin" kbs serve --dev --listen "$listen" --state "$demo/kbs" --addr-file "$work/kbs.addr" >"$work/kbs.log" 2>&1 &
 kbs_pid=$!
 addr=""
 for _ in $(seq 1 600); do
-	addr=$(sed -n 's/.*kbs listening.* addr=\([0-9.:]*\).*/\1/p' "$work/kbs.log" | head -n 1)
-	[ -z "$addr" ] || break
+	[ ! -s "$work/kbs.addr" ] || { addr=$(cat "$work/kbs.addr"); break; }
 	kill -0 "$kbs_pid" 2>/dev/null || break
 	sleep 0.1
 done
@@ -124,9 +123,10 @@ say() { echo "DEMO| $*"; }
 st=${WORK:-/tmp}/demo-kbs
 rm -rf "$st" && cp -a "$d/kbs" "$st"
 if [ "$2" = 1 ]; then
-	"$KRUN_TEE" kbs serve --dev --listen 127.0.0.1:8443 --state "$st" >"$st.log" 2>&1 &
+	rm -f "$st.addr"
+	"$KRUN_TEE" kbs serve --dev --listen 127.0.0.1:8443 --state "$st" --addr-file "$st.addr" >"$st.log" 2>&1 &
 	i=0
-	until grep -q 'kbs listening' "$st.log"; do
+	until [ -s "$st.addr" ]; do
 		i=$((i + 1)); [ $i -lt 300 ] || { say "the KBS did not start"; exit 1; }; sleep 0.2
 	done
 	say "KBS serving 127.0.0.1:8443 inside the VM host"

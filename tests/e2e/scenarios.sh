@@ -205,13 +205,14 @@ KBS_PID=""
 KBS_DOWN_BOUND=180
 
 # kbs_start STATE ADDR: a dev KBS in L1; sets KBS_PID (the last one started).
+# The KBS writes STATE.addr once it accepts connections.
 kbs_start() {
-	"$KRUN_TEE" kbs serve --dev --listen "$2" --state "$1" >>"$1.log" 2>&1 &
+	rm -f "$1.addr"
+	"$KRUN_TEE" kbs serve --dev --listen "$2" --state "$1" --addr-file "$1.addr" >>"$1.log" 2>&1 &
 	KBS_PID=$!
 	i=0
 	while [ $i -lt 300 ]; do
-		if [ "$(grep -c 'kbs listening' "$1.log")" -gt "$(cat "$1.starts" 2>/dev/null || echo 0)" ]; then
-			grep -c 'kbs listening' "$1.log" >"$1.starts"
+		if [ -s "$1.addr" ]; then
 			return 0
 		fi
 		kill -0 "$KBS_PID" 2>/dev/null || break
