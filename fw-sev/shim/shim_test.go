@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/layout"
+	"github.com/krun-tee/krun-tee/tee"
 	"github.com/krun-tee/krun-tee/vmm"
 	"github.com/krun-tee/krun-tee/vmm/boot"
 	"github.com/krun-tee/krun-tee/vmm/kvm"
@@ -157,7 +158,7 @@ func TestShimConstantsMatchGo(t *testing.T) {
 		"P_TEE": boot.ParamOffTEE, "P_FLAGS": boot.ParamOffFlags, "P_COUNT": boot.ParamOffRangeCount,
 		"P_ENTRY": boot.ParamOffKernelEntry, "P_ZEROPAGE": boot.ParamOffZeroPage, "P_PAGETABLES": boot.ParamOffPageTables,
 		"P_RANGES": boot.ParamOffRanges, "P_RANGE_SIZE": boot.ParamRangeSize,
-		"TEE_NONE": uint64(boot.TEENone), "TEE_SNP": uint64(boot.TEESNP), "TEE_TDX": uint64(boot.TEETDX),
+		"TEE_NONE": boot.ParamTEENone, "TEE_SNP": boot.ParamTEESNP, "TEE_TDX": boot.ParamTEETDX,
 		"SEL_CODE32": boot.SelectorCode32, "SEL_CODE64": boot.SelectorCode, "SEL_DATA": boot.SelectorData,
 		"SHIM_SIZE": uint64(len(builtShim(t))), "ZP_CC_BLOB": 0x13c,
 	}
@@ -298,12 +299,12 @@ func needKVM(t *testing.T) {
 	f.Close()
 }
 
-func firmwareLayout(t *testing.T, kernel []byte, tee boot.TEEKind, vcpus int) *layout.Layout {
+func firmwareLayout(t *testing.T, kernel []byte, kind tee.TEE, vcpus int) *layout.Layout {
 	t.Helper()
 	l, err := boot.BuildFirmware(boot.FirmwareConfig{
 		Config: boot.Config{Kernel: kernel, Initrd: bytes.Repeat([]byte("initrd"), 1000), Cmdline: "console=ttyS0", MemorySize: 64 << 20, VCPUs: vcpus},
 		Shim:   builtShim(t),
-		TEE:    tee,
+		TEE:    kind,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -336,13 +337,13 @@ func TestShimBootsFakeKernel(t *testing.T) {
 	k := fakeKernel(t, probeKernel)
 	for _, tc := range []struct {
 		name  string
-		tee   boot.TEEKind
+		tee   tee.TEE
 		vcpus int
 	}{
-		{"none", boot.TEENone, 1},
-		{"none-2vcpus", boot.TEENone, 2},
-		{"snp-layout", boot.TEESNP, 1},
-		{"tdx-layout", boot.TEETDX, 1},
+		{"none", tee.None, 1},
+		{"none-2vcpus", tee.None, 2},
+		{"snp-layout", tee.SNP, 1},
+		{"tdx-layout", tee.TDX, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			exit := runLayout(t, firmwareLayout(t, k, tc.tee, tc.vcpus))
@@ -383,7 +384,7 @@ func TestShimFailureCodes(t *testing.T) {
 			if tc.kernel != nil {
 				kernel = tc.kernel
 			}
-			l := firmwareLayout(t, kernel, boot.TEENone, 1)
+			l := firmwareLayout(t, kernel, tee.None, 1)
 			for i := range l.Regions {
 				if l.Regions[i].Name == "shim-params" {
 					p := append([]byte(nil), l.Regions[i].Data...)
@@ -403,7 +404,7 @@ func TestShimFailureCodes(t *testing.T) {
 // below 4 GiB besides RAM; a region elsewhere in the MMIO hole is refused.
 func TestVMMRefusesRegionsOutsideWindow(t *testing.T) {
 	needKVM(t)
-	l := firmwareLayout(t, fakeKernel(t, "\tjmp ."), boot.TEENone, 1)
+	l := firmwareLayout(t, fakeKernel(t, "\tjmp ."), tee.None, 1)
 	if err := l.Add(layout.Region{Name: "stray", GPA: boot.FirmwareWindowStart - 0x10000, Type: layout.PageNormal, Data: []byte{1}}); err != nil {
 		t.Fatal(err)
 	}
@@ -422,7 +423,7 @@ func TestVMMRefusesRegionsOutsideWindow(t *testing.T) {
 func TestFirmwareWindowLoaded(t *testing.T) {
 	needKVM(t)
 	shim := builtShim(t)
-	l := firmwareLayout(t, fakeKernel(t, "\tjmp ."), boot.TEENone, 1)
+	l := firmwareLayout(t, fakeKernel(t, "\tjmp ."), tee.None, 1)
 	m, err := vmm.New(vmm.Config{Layout: l, AllowSoftwareKVM: true})
 	if err != nil {
 		t.Fatal(err)

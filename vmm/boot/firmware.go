@@ -8,6 +8,7 @@ import (
 	"sort"
 
 	"github.com/krun-tee/krun-tee/layout"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
 // Firmware-mode boot: instead of entering the kernel in 64-bit mode with
@@ -26,26 +27,28 @@ import (
 // are named constants here and .set symbols in fw-sev/shim/shim.asm; the
 // fw-sev/shim tests assemble the shim and compare the two.
 
-// TEEKind is the trusted execution environment a firmware layout is for.
-type TEEKind int
-
-// TEE kinds; the values are also the parameter block's TEE field.
+// Values of the parameter block's TEE field (ParamOffTEE): the shim's
+// encoding (shim.asm TEE_NONE, TEE_SNP, TEE_TDX) of the technology a layout
+// is for. Layouts take a tee.TEE; an emulated TEE gets its hardware's layout.
 const (
-	TEENone TEEKind = iota // plain VM (and the emulated TEEs' plain KVM runs of a none layout)
-	TEESNP                 // AMD SEV-SNP: adds the SECRETS and CPUID pages and the CC blob
-	TEETDX                 // Intel TDX: the shim accepts the RAM the launch did not add
+	ParamTEENone = 0 // plain VM
+	ParamTEESNP  = 1 // AMD SEV-SNP: adds the SECRETS and CPUID pages and the CC blob
+	ParamTEETDX  = 2 // Intel TDX: the shim accepts the RAM the launch did not add
 )
 
-func (t TEEKind) String() string {
-	switch t {
-	case TEENone:
-		return "none"
-	case TEESNP:
-		return "snp"
-	case TEETDX:
-		return "tdx"
+// teeOfParam decodes the parameter block's TEE field ("" for a code the
+// shim does not know, which it refuses).
+var teeOfParam = map[uint32]tee.TEE{ParamTEENone: tee.None, ParamTEESNP: tee.SNP, ParamTEETDX: tee.TDX}
+
+// paramTEE is t's parameter-block code.
+func paramTEE(t tee.TEE) uint32 {
+	switch t.Hardware() {
+	case tee.SNP:
+		return ParamTEESNP
+	case tee.TDX:
+		return ParamTEETDX
 	}
-	return fmt.Sprintf("tee(%d)", int(t))
+	return ParamTEENone
 }
 
 // Guest-physical addresses of the firmware-mode boot structures. All lie in
@@ -104,7 +107,7 @@ const (
 	ParamVersion        = 1
 	ParamOffMagic       = 0x00  // [8]byte ParamMagic
 	ParamOffVersion     = 0x08  // u32 ParamVersion
-	ParamOffTEE         = 0x0c  // u32 TEEKind the layout was built for
+	ParamOffTEE         = 0x0c  // u32 ParamTEE* the layout was built for
 	ParamOffFlags       = 0x10  // u32 ParamFlag*
 	ParamOffRangeCount  = 0x14  // u32 number of RAM ranges
 	ParamOffKernelEntry = 0x18  // u64 kernel 64-bit entry GPA (below 4 GiB)
@@ -127,7 +130,9 @@ const (
 type FirmwareConfig struct {
 	Config        // Kernel, Initrd, Cmdline, MemorySize, VCPUs
 	Shim   []byte // flat shim binary (fw-sev/shim), ending at 4 GiB
-	TEE    TEEKind
+	// TEE decides the layout by its hardware: SNP (and emulated SNP) adds
+	// the SNP pages, TDX and none do not.
+	TEE tee.TEE
 	// CPUIDPage is the optional SEV-SNP CPUID page contents (real hardware
 	// fills it from KVM; the PSP checks it). The launch measures a CPUID page
 	// as zero bytes either way.
@@ -210,9 +215,10 @@ func ParseShim(b []byte) (*ShimInfo, error) {
 // vCPU 0 starts in 32-bit flat protected mode at the reset vector; the others
 // wait for INIT-SIPI.
 func BuildFirmware(c FirmwareConfig) (*layout.Layout, error) {
-	if c.TEE != TEENone && c.TEE != TEESNP && c.TEE != TEETDX {
-		return nil, fmt.Errorf("boot: unknown TEE kind %d", int(c.TEE))
+	if !c.TEE.Valid() {
+		return nil, fmt.Errorf("boot: unknown TEE %q", c.TEE)
 	}
+	snp := c.TEE.Hardware() == tee.SNP
 	shim, err := ParseShim(c.Shim)
 	if err != nil {
 		return nil, err
@@ -220,10 +226,10 @@ func BuildFirmware(c FirmwareConfig) (*layout.Layout, error) {
 	if len(c.CPUIDPage) > layout.PageSize {
 		return nil, fmt.Errorf("boot: CPUID page is %d bytes, more than a page", len(c.CPUIDPage))
 	}
-	if len(c.CPUIDPage) > 0 && c.TEE != TEESNP {
+	if len(c.CPUIDPage) > 0 && !snp {
 		return nil, fmt.Errorf("boot: a CPUID page is only for SEV-SNP, not %v", c.TEE)
 	}
-	if c.TEE == TEESNP && c.MemorySize > MMIOHoleStart {
+	if snp && c.MemorySize > MMIOHoleStart {
 		// The shim validates through its 4 GiB identity map; RAM above
 		// 4 GiB would need more page tables.
 		return nil, fmt.Errorf("boot: SEV-SNP through the shim supports at most %d MiB of RAM, not %d MiB", MMIOHoleStart>>20, c.MemorySize>>20)
@@ -242,7 +248,6 @@ func BuildFirmware(c FirmwareConfig) (*layout.Layout, error) {
 			err = l.Add(r)
 		}
 	}
-	snp := c.TEE == TEESNP
 	var ccBlob uint32
 	if snp {
 		ccBlob = ShimParamsAddr + ParamOffCCBlob
@@ -267,7 +272,7 @@ func BuildFirmware(c FirmwareConfig) (*layout.Layout, error) {
 		return nil, fmt.Errorf("boot: %w", err)
 	}
 	p := ShimParams{
-		TEE:         c.TEE,
+		TEE:         c.TEE.Hardware(),
 		KernelEntry: k.Entry,
 		ZeroPage:    ZeroPageAddr,
 		PageTables:  ShimPageTablesAddr,
@@ -289,7 +294,7 @@ func BuildFirmware(c FirmwareConfig) (*layout.Layout, error) {
 
 // ShimParams is the decoded parameter block.
 type ShimParams struct {
-	TEE         TEEKind
+	TEE         tee.TEE // tee.None, tee.SNP or tee.TDX
 	Flags       uint32
 	KernelEntry uint64
 	ZeroPage    uint64
@@ -307,7 +312,7 @@ func (p *ShimParams) encode(b []byte) error {
 	le := binary.LittleEndian
 	copy(b[ParamOffMagic:], ParamMagic)
 	le.PutUint32(b[ParamOffVersion:], ParamVersion)
-	le.PutUint32(b[ParamOffTEE:], uint32(p.TEE))
+	le.PutUint32(b[ParamOffTEE:], paramTEE(p.TEE))
 	le.PutUint32(b[ParamOffFlags:], p.Flags)
 	le.PutUint32(b[ParamOffRangeCount:], uint32(len(p.Ranges)))
 	le.PutUint64(b[ParamOffKernelEntry:], p.KernelEntry)
@@ -348,7 +353,7 @@ func DecodeShimParams(b []byte) (*ShimParams, error) {
 		return nil, fmt.Errorf("boot: parameter block: %d ranges, at most %d", n, ParamMaxRanges)
 	}
 	p := &ShimParams{
-		TEE:         TEEKind(le.Uint32(b[ParamOffTEE:])),
+		TEE:         teeOfParam[le.Uint32(b[ParamOffTEE:])],
 		Flags:       le.Uint32(b[ParamOffFlags:]),
 		KernelEntry: le.Uint64(b[ParamOffKernelEntry:]),
 		ZeroPage:    le.Uint64(b[ParamOffZeroPage:]),
@@ -392,10 +397,10 @@ func UnlaunchedRAM(memSize uint64, regions []layout.Region) []RAMRange {
 // driver), and the shim window below 4 GiB. The scratch page and page
 // tables stay RAM: the kernel switches to its own page tables and IDT before
 // it allocates memory.
-func FirmwareE820Map(memSize, shimSize uint64, tee TEEKind) []E820Entry {
+func FirmwareE820Map(memSize, shimSize uint64, t tee.TEE) []E820Entry {
 	m := E820Map(memSize)
 	m = reserveE820(m, ShimParamsAddr, layout.PageSize)
-	if tee == TEESNP {
+	if t.Hardware() == tee.SNP {
 		m = reserveE820(m, SNPSecretsAddr, 2*layout.PageSize)
 	}
 	m = append(m, E820Entry{Addr: FirmwareWindowEnd - shimSize, Size: shimSize, Type: E820Reserved})

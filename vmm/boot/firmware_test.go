@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/krun-tee/krun-tee/layout"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
 // synthShim builds a shim-shaped binary of size bytes: the header with this
@@ -98,11 +99,11 @@ func FuzzParseShim(f *testing.F) {
 	})
 }
 
-func firmwareConfig(tee TEEKind) FirmwareConfig {
+func firmwareConfig(t tee.TEE) FirmwareConfig {
 	return FirmwareConfig{
 		Config: Config{Kernel: testKernel(), Initrd: bytes.Repeat([]byte{0xab}, 10000), Cmdline: "console=ttyS0 quiet", MemorySize: 128 << 20, VCPUs: 2},
 		Shim:   synthShim(8192),
-		TEE:    tee,
+		TEE:    t,
 	}
 }
 
@@ -119,12 +120,12 @@ func regionByName(t *testing.T, l *layout.Layout, name string) layout.Region {
 
 func TestBuildFirmwareRegions(t *testing.T) {
 	for _, tc := range []struct {
-		tee   TEEKind
+		tee   tee.TEE
 		names []string
 	}{
-		{TEENone, []string{"shim", "shim-params", "zero-page", "cmdline", "mptable", "kernel", "initrd", "shim-scratch"}},
-		{TEETDX, []string{"shim", "shim-params", "zero-page", "cmdline", "mptable", "kernel", "initrd", "shim-scratch"}},
-		{TEESNP, []string{"shim", "shim-params", "zero-page", "cmdline", "mptable", "kernel", "initrd", "snp-secrets", "snp-cpuid", "shim-scratch"}},
+		{tee.None, []string{"shim", "shim-params", "zero-page", "cmdline", "mptable", "kernel", "initrd", "shim-scratch"}},
+		{tee.TDX, []string{"shim", "shim-params", "zero-page", "cmdline", "mptable", "kernel", "initrd", "shim-scratch"}},
+		{tee.SNP, []string{"shim", "shim-params", "zero-page", "cmdline", "mptable", "kernel", "initrd", "snp-secrets", "snp-cpuid", "shim-scratch"}},
 	} {
 		t.Run(tc.tee.String(), func(t *testing.T) {
 			c := firmwareConfig(tc.tee)
@@ -154,7 +155,7 @@ func TestBuildFirmwareRegions(t *testing.T) {
 				r.End() != ShimPageTablesAddr+ShimPageTablesPages*layout.PageSize || len(r.Data) != 0 {
 				t.Errorf("scratch region %#x+%#x type %v", r.GPA, r.Size, r.Type)
 			}
-			if tc.tee == TEESNP {
+			if tc.tee == tee.SNP {
 				s, cp := regionByName(t, l, "snp-secrets"), regionByName(t, l, "snp-cpuid")
 				if s.GPA != SNPSecretsAddr || s.Type != layout.PageSecrets || s.Size != layout.PageSize {
 					t.Errorf("secrets %+v", s)
@@ -180,7 +181,7 @@ func TestBuildFirmwareRegions(t *testing.T) {
 }
 
 func TestBuildFirmwareStartState(t *testing.T) {
-	l, err := BuildFirmware(firmwareConfig(TEENone))
+	l, err := BuildFirmware(firmwareConfig(tee.None))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +207,7 @@ func TestBuildFirmwareStartState(t *testing.T) {
 }
 
 func TestShimParamsEncoding(t *testing.T) {
-	c := firmwareConfig(TEESNP)
+	c := firmwareConfig(tee.SNP)
 	l, err := BuildFirmware(c)
 	if err != nil {
 		t.Fatal(err)
@@ -228,7 +229,7 @@ func TestShimParamsEncoding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.TEE != TEESNP || p.Flags != ParamFlagCCBlob || p.KernelEntry != k.Entry {
+	if p.TEE != tee.SNP || p.Flags != ParamFlagCCBlob || p.KernelEntry != k.Entry {
 		t.Errorf("decoded %+v", p)
 	}
 	// The ranges are exactly the RAM no region covers.
@@ -270,19 +271,19 @@ func TestShimParamsEncoding(t *testing.T) {
 	}
 
 	// Without SNP there is no CC blob.
-	l, err = BuildFirmware(firmwareConfig(TEETDX))
+	l, err = BuildFirmware(firmwareConfig(tee.TDX))
 	if err != nil {
 		t.Fatal(err)
 	}
 	raw = regionByName(t, l, "shim-params").Data
 	zp = regionByName(t, l, "zero-page").Data
-	if le.Uint32(zp[zpCCBlobAddress:]) != 0 || le.Uint32(raw[ParamOffCCBlob:]) != 0 || le.Uint32(raw[ParamOffTEE:]) != uint32(TEETDX) {
+	if le.Uint32(zp[zpCCBlobAddress:]) != 0 || le.Uint32(raw[ParamOffCCBlob:]) != 0 || le.Uint32(raw[ParamOffTEE:]) != ParamTEETDX {
 		t.Error("TDX layout carries SNP data")
 	}
 }
 
 func TestDecodeShimParamsRefuses(t *testing.T) {
-	l, err := BuildFirmware(firmwareConfig(TEENone))
+	l, err := BuildFirmware(firmwareConfig(tee.None))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +301,7 @@ func TestDecodeShimParamsRefuses(t *testing.T) {
 }
 
 func FuzzDecodeShimParams(f *testing.F) {
-	l, err := BuildFirmware(firmwareConfig(TEESNP))
+	l, err := BuildFirmware(firmwareConfig(tee.SNP))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -325,7 +326,7 @@ func regionByNameF(l *layout.Layout, name string) []byte {
 
 func TestFirmwareE820(t *testing.T) {
 	const mem = 128 << 20
-	m := FirmwareE820Map(mem, 4096, TEESNP)
+	m := FirmwareE820Map(mem, 4096, tee.SNP)
 	want := []E820Entry{
 		{0, ShimParamsAddr, E820RAM},
 		{ShimParamsAddr, 0x1000, E820Reserved},
@@ -344,7 +345,7 @@ func TestFirmwareE820(t *testing.T) {
 		}
 	}
 	// No SNP pages reserved without SNP; RAM above 4 GiB follows the shim window.
-	m = FirmwareE820Map(4<<30, 8192, TEETDX)
+	m = FirmwareE820Map(4<<30, 8192, tee.TDX)
 	var sawWindow bool
 	for i, e := range m {
 		if i > 0 && e.Addr < m[i-1].Addr+m[i-1].Size {
@@ -364,12 +365,12 @@ func TestFirmwareE820(t *testing.T) {
 		t.Errorf("shim window not reserved: %+v", m)
 	}
 	// The zero page carries the firmware map.
-	l, err := BuildFirmware(firmwareConfig(TEESNP))
+	l, err := BuildFirmware(firmwareConfig(tee.SNP))
 	if err != nil {
 		t.Fatal(err)
 	}
 	zp := regionByName(t, l, "zero-page").Data
-	fw := FirmwareE820Map(128<<20, 8192, TEESNP)
+	fw := FirmwareE820Map(128<<20, 8192, tee.SNP)
 	if int(zp[zpE820Entries]) != len(fw) {
 		t.Fatalf("zero page has %d e820 entries, want %d", zp[zpE820Entries], len(fw))
 	}
@@ -390,15 +391,15 @@ func TestBuildFirmwareRefuses(t *testing.T) {
 	}{
 		{"no-shim", func(c *FirmwareConfig) { c.Shim = nil }, "shim"},
 		{"bad-shim", func(c *FirmwareConfig) { c.Shim = make([]byte, 4096) }, "magic"},
-		{"tee", func(c *FirmwareConfig) { c.TEE = 7 }, "TEE"},
-		{"cpuid-size", func(c *FirmwareConfig) { c.TEE = TEESNP; c.CPUIDPage = make([]byte, 4097) }, "CPUID page"},
+		{"tee", func(c *FirmwareConfig) { c.TEE = "sgx" }, "TEE"},
+		{"cpuid-size", func(c *FirmwareConfig) { c.TEE = tee.SNP; c.CPUIDPage = make([]byte, 4097) }, "CPUID page"},
 		{"cpuid-not-snp", func(c *FirmwareConfig) { c.CPUIDPage = make([]byte, 16) }, "only for SEV-SNP"},
-		{"snp-high-ram", func(c *FirmwareConfig) { c.TEE = TEESNP; c.MemorySize = 4 << 30 }, "at most"},
+		{"snp-high-ram", func(c *FirmwareConfig) { c.TEE = tee.SNP; c.MemorySize = 4 << 30 }, "at most"},
 		{"no-kernel", func(c *FirmwareConfig) { c.Kernel = nil }, "kernel"},
 		{"vcpus", func(c *FirmwareConfig) { c.VCPUs = 0 }, "vCPUs"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := firmwareConfig(TEENone)
+			c := firmwareConfig(tee.None)
 			tc.mutate(&c)
 			_, err := BuildFirmware(c)
 			if err == nil || !strings.Contains(err.Error(), tc.reason) {
@@ -407,7 +408,7 @@ func TestBuildFirmwareRefuses(t *testing.T) {
 		})
 	}
 	// An SNP CPUID page is carried (the launch measures it as zero).
-	c := firmwareConfig(TEESNP)
+	c := firmwareConfig(tee.SNP)
 	c.CPUIDPage = bytes.Repeat([]byte{1}, 64)
 	l, err := BuildFirmware(c)
 	if err != nil {
@@ -441,7 +442,7 @@ func TestUnlaunchedRAM(t *testing.T) {
 // direct-boot layout of the same inputs (the reference, measured in the same
 // run); the ratio is what booting through the shim costs the host side.
 func BenchmarkBuildFirmware(b *testing.B) {
-	c := firmwareConfig(TEESNP)
+	c := firmwareConfig(tee.SNP)
 	c.Initrd = bytes.Repeat([]byte{0xab}, 4<<20)
 	c.MemorySize = 1 << 30
 	var ref, fw float64

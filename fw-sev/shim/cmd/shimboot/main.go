@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 
+	"github.com/krun-tee/krun-tee/tee"
 	"github.com/krun-tee/krun-tee/vmm"
 	"github.com/krun-tee/krun-tee/vmm/boot"
 )
@@ -36,14 +37,13 @@ func main() {
 	}
 }
 
-func run(shimPath, kernelPath, initrdPath, tee string, memMiB uint64, cpus int, extra string, software bool) error {
+func run(shimPath, kernelPath, initrdPath, teeName string, memMiB uint64, cpus int, extra string, software bool) error {
 	if shimPath == "" || kernelPath == "" {
 		return fmt.Errorf("--shim and --kernel are required")
 	}
-	kinds := map[string]boot.TEEKind{"none": boot.TEENone, "snp": boot.TEESNP, "tdx": boot.TEETDX}
-	kind, ok := kinds[tee]
-	if !ok {
-		return fmt.Errorf("--tee %q: want none, snp or tdx", tee)
+	kind, err := tee.Parse(teeName)
+	if err != nil || kind.IsEmulated() {
+		return fmt.Errorf("--tee %q: want none, snp or tdx", teeName)
 	}
 	shim, err := os.ReadFile(shimPath)
 	if err != nil {
