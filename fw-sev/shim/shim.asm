@@ -60,7 +60,7 @@
 	.set P_RANGE_SIZE,    16
 	.set ZP_CC_BLOB,      0x13c           # boot_params.cc_blob_address (zpCCBlobAddress)
 
-# ---- TEE kinds [go: TEEKind] ----------------------------------------------
+# ---- TEE codes [go: boot.ParamTEE*] ---------------------------------------
 	.set TEE_NONE,        0
 	.set TEE_SNP,         1
 	.set TEE_TDX,         2
