@@ -1,11 +1,14 @@
-// Package launch turns a krun-tee image and a firmware bundle into one
-// confidential launch: the measured kernel command line, the launch layout
-// and the measurements an SEV-SNP PSP or a TDX module computes over it.
+// Package launch is the launch orchestration above vmm, sev, tdx and luks:
+// image -> launch spec -> layout -> measurement -> VMM.
 //
-// It is pure Go (no KVM), so `krun-tee run` (which boots the layout),
-// `krun-tee measure` (which prints the digests) and image registration
-// (which tells the KBS what to expect) all derive their bytes from the same
-// Spec and cannot disagree.
+// A Spec turns a krun-tee image and a firmware bundle into the measured
+// kernel command line, the launch layout and the measurements an SEV-SNP
+// PSP or a TDX module computes over it, without KVM; so `krun-tee run`
+// (which boots the layout), `krun-tee measure` (which prints the digests)
+// and image registration (which tells the KBS what to expect) derive their
+// bytes from the same Spec and cannot disagree. A Plan is one launch
+// decided before it boots, for a krun-tee image (PlanImage) or a plain
+// kernel and disks (PlanPlain); Plan.Run wires the devices and runs the VM.
 package launch
 
 import (
