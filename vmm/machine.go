@@ -161,34 +161,7 @@ func New(cfg Config) (_ *Machine, err error) {
 	if len(cfg.Devices) > boot.MaxVirtioDevices {
 		return nil, fmt.Errorf("vmm: %d virtio devices, at most %d", len(cfg.Devices), boot.MaxVirtioDevices)
 	}
-	if err = checkHost(cfg.AllowSoftwareKVM); err != nil {
-		return nil, err
-	}
-	if m.sys, err = kvm.Open(); err != nil {
-		return nil, err
-	}
-	for _, c := range []struct {
-		cap  int
-		name string
-	}{{kvm.CapIRQChip, "IRQCHIP"}, {kvm.CapUserMemory, "USER_MEMORY"}, {kvm.CapSetTSSAddr, "SET_TSS_ADDR"},
-		{kvm.CapPIT2, "PIT2"}, {kvm.CapIRQFD, "IRQFD"}, {kvm.CapIOEventFD, "IOEVENTFD"}, {kvm.CapImmediateExit, "IMMEDIATE_EXIT"}} {
-		if m.sys.CheckExtension(c.cap) == 0 {
-			return nil, fmt.Errorf("vmm: KVM lacks KVM_CAP_%s", c.name)
-		}
-	}
-	if m.vm, err = m.sys.CreateVM(); err != nil {
-		return nil, err
-	}
-	if err = m.vm.SetTSSAddr(tssAddr); err != nil {
-		return nil, err
-	}
-	if err = m.vm.SetIdentityMapAddr(identityMapAddr); err != nil {
-		return nil, err
-	}
-	if err = m.vm.CreateIRQChip(); err != nil {
-		return nil, err
-	}
-	if err = m.vm.CreatePIT2(kvm.PITSpeakerDummy); err != nil {
+	if err = m.createVM(cfg.AllowSoftwareKVM); err != nil {
 		return nil, err
 	}
 	if m.mem, err = NewMemory(cfg.Layout.MemorySize); err != nil {
@@ -215,6 +188,43 @@ func New(cfg Config) (_ *Machine, err error) {
 		}
 	}
 	return m, nil
+}
+
+// createVM opens KVM, checks the capabilities the machine needs and creates
+// the VM with its TSS, identity map, in-kernel IRQ chip and PIT.
+func (m *Machine) createVM(allowSoftwareKVM bool) error {
+	if err := checkHost(allowSoftwareKVM); err != nil {
+		return err
+	}
+	var err error
+	if m.sys, err = kvm.Open(); err != nil {
+		return err
+	}
+	for _, c := range []struct {
+		cap  int
+		name string
+	}{{kvm.CapIRQChip, "IRQCHIP"}, {kvm.CapUserMemory, "USER_MEMORY"}, {kvm.CapSetTSSAddr, "SET_TSS_ADDR"},
+		{kvm.CapPIT2, "PIT2"}, {kvm.CapIRQFD, "IRQFD"}, {kvm.CapIOEventFD, "IOEVENTFD"}, {kvm.CapImmediateExit, "IMMEDIATE_EXIT"}} {
+		if m.sys.CheckExtension(c.cap) == 0 {
+			return fmt.Errorf("vmm: KVM lacks KVM_CAP_%s", c.name)
+		}
+	}
+	if m.vm, err = m.sys.CreateVM(); err != nil {
+		return err
+	}
+	if err := m.vm.SetTSSAddr(tssAddr); err != nil {
+		return err
+	}
+	if err := m.vm.SetIdentityMapAddr(identityMapAddr); err != nil {
+		return err
+	}
+	if err := m.vm.CreateIRQChip(); err != nil {
+		return err
+	}
+	if err := m.vm.CreatePIT2(kvm.PITSpeakerDummy); err != nil {
+		return err
+	}
+	return nil
 }
 
 // createVCPUs creates the vCPUs with per-vCPU CPUID, boot MSRs and LINT

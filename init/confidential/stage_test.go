@@ -292,7 +292,7 @@ func TestPlainCmdlineHasNoLaunchParams(t *testing.T) {
 }
 
 // TestLaunchKeysMatchFormat guards launchKeys against drifting from package
-// launchparams: every key Format writes is recognised, and each one alone
+// guestabi: every launch parameter Format writes is recognised, and each one alone
 // selects the confidential path.
 func TestLaunchKeysMatchFormat(t *testing.T) {
 	for _, p := range []*guestabi.LaunchParams{testParams(), {WorkloadID: "w", KBSURL: "http://127.0.0.1:1", TEE: "none", Resource: "a/b/c", Unpinned: true}} {
