@@ -30,6 +30,14 @@ type LaunchParams struct {
 	Unpinned bool
 }
 
+// Names of the plain boot's kernel parameters, which init reads whether or
+// not the launch is confidential (a user sets them with --cmdline-extra).
+const (
+	ParamRoot       = "krun.root"       // the root block device (default /dev/vda)
+	ParamRootFSType = "krun.rootfstype" // its filesystem type (ext4, ext3 or ext2)
+	ParamRootWait   = "krun.rootwait"   // seconds to wait for the device to appear
+)
+
 // Names of the launch parameters on the kernel command line, in the order
 // Format writes them.
 const (

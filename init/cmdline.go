@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/krun-tee/krun-tee/guestabi"
 	"strconv"
 	"strings"
 	"time"
@@ -73,17 +74,17 @@ func parseCmdline(s string) (bootConfig, error) {
 			continue
 		}
 		switch key {
-		case "krun.root":
+		case guestabi.ParamRoot:
 			if !hasVal || !strings.HasPrefix(val, "/dev/") || strings.Contains(val, "..") || len(val) <= len("/dev/") {
 				return bc, fmt.Errorf("krun.root=%q: want a device path under /dev/", val)
 			}
 			bc.Root = val
-		case "krun.rootfstype":
+		case guestabi.ParamRootFSType:
 			if !rootFSTypes[val] {
 				return bc, fmt.Errorf("krun.rootfstype=%q: want ext4, ext3 or ext2", val)
 			}
 			bc.RootFSType = val
-		case "krun.rootwait":
+		case guestabi.ParamRootWait:
 			n, err := strconv.Atoi(val)
 			if err != nil || n < 1 || time.Duration(n)*time.Second > maxRootWait {
 				return bc, fmt.Errorf("krun.rootwait=%q: want whole seconds from 1 to %d", val, int(maxRootWait/time.Second))
