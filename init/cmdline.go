@@ -2,10 +2,11 @@ package main
 
 import (
 	"fmt"
-	"github.com/krun-tee/krun-tee/guestabi"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/krun-tee/krun-tee/guestabi"
 )
 
 // bootConfig is what init takes from the kernel command line.
