@@ -31,7 +31,7 @@ type guest struct {
 }
 
 // reached reports boot stage s to the VMM's stage port for boot timing
-// (init/stages). A failed write is ignored on purpose: the stages are a
+// (guestabi.Stage). A failed write is ignored on purpose: the stages are a
 // measurement aid, and a boot must not fail or print because of them.
 func (g *guest) reached(s guestabi.Stage) {
 	if g.portNode == "" {
