@@ -14,11 +14,12 @@ package launch
 import (
 	"errors"
 	"fmt"
-	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/krun-tee/krun-tee/internal/boundedfile"
 	"github.com/krun-tee/krun-tee/vmm/boot"
 )
 
@@ -61,7 +62,7 @@ func LoadBundle(dir string) (*Bundle, error) {
 		{BundleKernelFile, MaxKernelSize, &b.Kernel},
 		{BundleInitrdFile, MaxInitrdSize, &b.Initrd},
 	} {
-		data, err := readBounded(filepath.Join(dir, f.name), f.limit)
+		data, err := readBundleFile(filepath.Join(dir, f.name), f.limit)
 		if err != nil {
 			return nil, fmt.Errorf("launch: bundle %s: %w", dir, err)
 		}
@@ -138,10 +139,10 @@ func loadBootFiles(kernelPath, initrdPath string, memMiB uint64) (kernel, initrd
 	if initrdPath, err = bootFile("initrd", initrdPath, EnvInitrd, filepath.Join(share, "initrd"), filepath.Join(dir, "initrd.cpio")); err != nil {
 		return nil, nil, err
 	}
-	if kernel, err = readBounded(kernelPath, MaxKernelSize); err != nil {
+	if kernel, err = boundedfile.Read(kernelPath, MaxKernelSize); err != nil {
 		return nil, nil, fmt.Errorf("launch: kernel: %w", err)
 	}
-	if initrd, err = readBounded(initrdPath, int64(memMiB)<<20); err != nil {
+	if initrd, err = boundedfile.Read(initrdPath, int64(memMiB)<<20); err != nil {
 		return nil, nil, fmt.Errorf("launch: initrd: %w", err)
 	}
 	return kernel, initrd, nil
@@ -164,32 +165,12 @@ func bootFile(what, path, env string, installed ...string) (string, error) {
 	return "", fmt.Errorf("launch: no guest %s: pass --%s, set %s, or install one at %s", what, what, env, strings.Join(installed, " or "))
 }
 
-// readBounded reads a whole regular file of at most limit bytes.
-func readBounded(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("missing %s", filepath.Base(path))
-		}
-		return nil, err
+// readBundleFile reads a bundle file of at most limit bytes, naming a
+// missing one by its bundle name.
+func readBundleFile(path string, limit int64) ([]byte, error) {
+	data, err := boundedfile.Read(path, limit)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("missing %s", filepath.Base(path))
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", filepath.Base(path))
-	}
-	if st.Size() > limit {
-		return nil, fmt.Errorf("%s is %d bytes, more than the %d allowed", filepath.Base(path), st.Size(), limit)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Base(path), err)
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s grew beyond %d bytes while being read", filepath.Base(path), limit)
-	}
-	return data, nil
+	return data, err
 }

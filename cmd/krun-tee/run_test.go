@@ -91,7 +91,7 @@ func TestRunCommandFailures(t *testing.T) {
 		{[]string{"--kernel", kernel, "--initrd", initrd, "--disk", filepath.Join(dir, "missing.img")}, "missing.img"},
 		{[]string{"--kernel", kernel, "--initrd", initrd, "--disk", disk}, "neither an ELF vmlinux nor a bzImage"},
 		{[]string{"--kernel", filepath.Join(dir, "nokernel"), "--initrd", initrd, "--disk", disk}, "kernel"},
-		{[]string{"--kernel", dir, "--initrd", initrd, "--disk", disk}, "not a regular file"},
+		{[]string{"--kernel", dir, "--initrd", initrd, "--disk", disk}, "is a directory"},
 	}
 	for _, tc := range tests {
 		stderr.Reset()
