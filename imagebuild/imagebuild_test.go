@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/krun-tee/krun-tee/init/workload"
+	"github.com/krun-tee/krun-tee/internal/pemfile"
 	"github.com/krun-tee/krun-tee/launchconfig"
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/tee"
@@ -81,6 +82,7 @@ func TestCAFingerprintRejects(t *testing.T) {
 	dir := t.TempDir()
 	for name, data := range map[string]string{
 		"key.pem":  "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+		"two.pem":  "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
 		"junk.der": "not a certificate",
 	} {
 		p := filepath.Join(dir, name)
@@ -90,8 +92,8 @@ func TestCAFingerprintRejects(t *testing.T) {
 		}
 	}
 	big := filepath.Join(dir, "big")
-	os.WriteFile(big, make([]byte, maxCAFileSize+1), 0o644)
-	if _, err := CAFingerprint(big); err == nil || !strings.Contains(err.Error(), "larger") {
+	os.WriteFile(big, make([]byte, pemfile.MaxFileSize+1), 0o644)
+	if _, err := CAFingerprint(big); err == nil || !strings.Contains(err.Error(), "more than") {
 		t.Errorf("oversized file: %v", err)
 	}
 }

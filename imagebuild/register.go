@@ -1,45 +1,34 @@
 package imagebuild
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
-	"io"
-	"os"
 
+	"github.com/krun-tee/krun-tee/internal/boundedfile"
+	"github.com/krun-tee/krun-tee/internal/pemfile"
 	kbsserver "github.com/krun-tee/krun-tee/kbs/server"
 	"github.com/krun-tee/krun-tee/launch"
 	"github.com/krun-tee/krun-tee/launchconfig"
 	"github.com/krun-tee/krun-tee/tee"
 )
 
-// maxCAFileSize bounds the CA certificate file read for the pin.
-const maxCAFileSize = 1 << 20
-
-// CAFingerprint returns the pin of the KBS CA certificate in a PEM or DER
-// file: the lowercase hex SHA-256 of its DER, as the guest compares it.
+// CAFingerprint returns the pin of the KBS CA certificate in a PEM file
+// (exactly one CERTIFICATE block: a pin names one CA) or a DER file: the
+// lowercase hex SHA-256 of its DER, as the guest compares it.
 func CAFingerprint(path string) (string, error) {
-	f, err := os.Open(path)
+	data, err := boundedfile.Read(path, pemfile.MaxFileSize)
 	if err != nil {
 		return "", fmt.Errorf("kbs ca: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxCAFileSize+1))
-	if err != nil {
-		return "", fmt.Errorf("kbs ca: %w", err)
-	}
-	if len(data) > maxCAFileSize {
-		return "", fmt.Errorf("kbs ca: %s is larger than %d bytes", path, maxCAFileSize)
 	}
 	der := data
-	if block, _ := pem.Decode(data); block != nil {
-		if block.Type != "CERTIFICATE" {
-			return "", fmt.Errorf("kbs ca: %s holds a %q PEM block, not a CERTIFICATE", path, block.Type)
+	if bytes.Contains(data, []byte("-----BEGIN")) {
+		if der, err = pemfile.Decode(data, "CERTIFICATE"); err != nil {
+			return "", fmt.Errorf("kbs ca: %s: %w", path, err)
 		}
-		der = block.Bytes
 	}
 	if _, err := x509.ParseCertificate(der); err != nil {
 		return "", fmt.Errorf("kbs ca: %s: %w", path, err)
