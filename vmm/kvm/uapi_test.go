@@ -175,6 +175,24 @@ func uapiValues() map[string]uapiValue {
 	} {
 		macro(name, got)
 	}
+	// /dev/sev: SEV_ISSUE_CMD and the packed SNP status it returns.
+	macro("SEV_ISSUE_CMD", uint64(ioSEVIssueCmd))
+	macro("SNP_PLATFORM_STATUS", sevCmdSNPPlatformStatus)
+	for cexpr, got := range map[string]uint64{
+		"sizeof(struct sev_issue_cmd)":                                    sizeofSEVIssueCmd,
+		"offsetof(struct sev_issue_cmd, data)":                            sevIssueOffData,
+		"offsetof(struct sev_issue_cmd, error)":                           sevIssueOffError,
+		"sizeof(struct sev_user_data_snp_status)":                         sizeofSNPStatus,
+		"offsetof(struct sev_user_data_snp_status, api_major)":            snpStatusOffAPIMajor,
+		"offsetof(struct sev_user_data_snp_status, api_minor)":            snpStatusOffAPIMinor,
+		"offsetof(struct sev_user_data_snp_status, state)":                snpStatusOffState,
+		"offsetof(struct sev_user_data_snp_status, build_id)":             snpStatusOffBuildID,
+		"offsetof(struct sev_user_data_snp_status, guest_count)":          snpStatusOffGuests,
+		"offsetof(struct sev_user_data_snp_status, current_tcb_version)":  snpStatusOffCurTCB,
+		"offsetof(struct sev_user_data_snp_status, reported_tcb_version)": snpStatusOffReportTCB,
+	} {
+		add(cexpr, cexpr, got)
+	}
 	add("SEV_RET_NO_FW_CALL", "(__u32)SEV_RET_NO_FW_CALL", FWNoFirmwareCall)
 	for _, s := range fwStatuses {
 		macro("SEV_RET_"+s.name, uint64(s.code))
