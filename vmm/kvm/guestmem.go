@@ -108,3 +108,25 @@ func (vm *VM) SetMemoryAttributes(gpa, size, attrs uint64) error {
 	}
 	return nil
 }
+
+// SetPrivateMemorySlot installs memory slot slot at gpa with both backings:
+// shared (the host mapping the guest uses for shared pages) and g from
+// offset gOff (the guest's private pages). Attributes start shared.
+func (vm *VM) SetPrivateMemorySlot(slot uint32, gpa uint64, shared []byte, g *GuestMemfd, gOff uint64) error {
+	size := uint64(len(shared))
+	if size == 0 || size%snpPageSize != 0 || gpa%snpPageSize != 0 || gOff%snpPageSize != 0 {
+		return fmt.Errorf("kvm: private memory slot %d at %#x: %#x bytes at guest_memfd offset %#x are not page-aligned", slot, gpa, size, gOff)
+	}
+	if gOff > g.size || size > g.size-gOff {
+		return fmt.Errorf("kvm: private memory slot %d at %#x: [%#x,+%#x) exceeds the %#x-byte guest_memfd", slot, gpa, gOff, size, g.size)
+	}
+	return vm.SetUserMemoryRegion2(UserspaceMemoryRegion2{
+		Slot:             slot,
+		Flags:            MemGuestMemfd,
+		GuestPhysAddr:    gpa,
+		MemorySize:       size,
+		UserspaceAddr:    uint64(uintptr(unsafe.Pointer(unsafe.SliceData(shared)))),
+		GuestMemfdOffset: gOff,
+		GuestMemfd:       g.FD(),
+	})
+}

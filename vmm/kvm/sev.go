@@ -283,7 +283,11 @@ func (vm *VM) SNPLaunchUpdate(sev *SEV, gfn, npages uint64, src []byte, pageType
 	if u.Len > npages*snpPageSize || u.Len%snpPageSize != 0 {
 		return 0, fmt.Errorf("kvm: %s: kernel left len %#x of %#x", step, u.Len, npages*snpPageSize)
 	}
-	return npages - u.Len/snpPageSize, nil
+	done := npages - u.Len/snpPageSize
+	if u.GFNStart != gfn+done {
+		return 0, fmt.Errorf("kvm: %s: kernel advanced gfn to %#x after %d pages", step, u.GFNStart, done)
+	}
+	return done, nil
 }
 
 // SNPLaunchFinish issues KVM_SEV_SNP_LAUNCH_FINISH: the firmware measures
