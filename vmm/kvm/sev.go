@@ -142,11 +142,14 @@ type SEVCmd struct {
 	SEVFD uint32
 }
 
-// SEVInit is struct kvm_sev_init (KVM_SEV_INIT2).
+// SEVInit is struct kvm_sev_init (KVM_SEV_INIT2). For an SNP VM, KVM adds
+// SNP_ACTIVE (bit 0) to VMSAFeatures itself: the measured VMSAs carry
+// VMSAFeatures|1 in SEV_FEATURES. GHCBVersion 0 means KVM's default (2);
+// Flags must be 0.
 type SEVInit struct {
-	VMSAFeatures uint64
+	VMSAFeatures uint64 // subset of System.SEVVMSAFeatures
 	Flags        uint32
-	GHCBVersion  uint16
+	GHCBVersion  uint16 // 1 or 2; 0 = KVM's default, 2
 	_            uint16
 	_            [8]uint32
 }
