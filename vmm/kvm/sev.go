@@ -12,18 +12,22 @@ import (
 // VM types for KVM_CREATE_VM (arch/x86/include/uapi/asm/kvm.h); the set a
 // host supports is the bitmask KVM_CHECK_EXTENSION(KVM_CAP_VM_TYPES) returns.
 const (
-	VMTypeDefault       = 0 // KVM_X86_DEFAULT_VM
-	VMTypeSWProtected   = 1 // KVM_X86_SW_PROTECTED_VM: guest_memfd without hardware protection (testing)
-	VMTypeSEV           = 2 // KVM_X86_SEV_VM (Linux 6.10+)
-	VMTypeSEVES         = 3 // KVM_X86_SEV_ES_VM (Linux 6.10+)
-	VMTypeSNP           = 4 // KVM_X86_SNP_VM (Linux 6.11+)
-	VMTypeTDX           = 5 // KVM_X86_TDX_VM (Linux 6.16+; not in the 6.12 headers)
-	CapVMTypes          = 235
-	CapUserMemory2      = 231
-	CapMemoryFaultInfo  = 232
-	CapMemoryAttributes = 233
-	CapGuestMemfd       = 234
-	CapExitHypercall    = 201
+	VMTypeDefault     = 0 // KVM_X86_DEFAULT_VM
+	VMTypeSWProtected = 1 // KVM_X86_SW_PROTECTED_VM: guest_memfd without hardware protection (testing)
+	VMTypeSEV         = 2 // KVM_X86_SEV_VM (Linux 6.10+)
+	VMTypeSEVES       = 3 // KVM_X86_SEV_ES_VM (Linux 6.10+)
+	VMTypeSNP         = 4 // KVM_X86_SNP_VM (Linux 6.11+)
+	VMTypeTDX         = 5 // KVM_X86_TDX_VM (Linux 6.16+; not in the 6.12 headers)
+)
+
+// Capabilities of confidential VMs (KVM_CHECK_EXTENSION).
+const (
+	CapVMTypes          = 235 // bitmask of the VM types KVM_CREATE_VM accepts
+	CapUserMemory2      = 231 // KVM_SET_USER_MEMORY_REGION2
+	CapMemoryFaultInfo  = 232 // KVM_EXIT_MEMORY_FAULT details
+	CapMemoryAttributes = 233 // bitmask of the attributes KVM_SET_MEMORY_ATTRIBUTES accepts
+	CapGuestMemfd       = 234 // KVM_CREATE_GUEST_MEMFD
+	CapExitHypercall    = 201 // bitmask of the hypercalls KVM can forward as KVM_EXIT_HYPERCALL
 )
 
 // VMTypeName names a KVM_X86_*_VM value.
