@@ -26,7 +26,11 @@ while [ $i -lt $N ]; do
   [ -z "$burn" ] || kill $burn
   if [ "$rc" = 3 ] && grep -q '^krun-e2e-confidential' $WORK/count-$i.log; then ok=$((ok+1)); r=ok; else bad=$((bad+1)); r=BAD; fi
   echo "COUNT $i $img cpus=$c l1burn=${burn:+yes} rc=$rc secs=$secs $r"
-  [ "$r" = ok ] || grep -v '^\[' $WORK/count-$i.log | tail -n 8 | sed 's/^/  | /'
+  if [ "$r" != ok ]; then
+    echo "  --- count-$i.log: the workload's line, if anywhere, and the last lines"
+    grep -n 'krun-e2e-confidential' $WORK/count-$i.log | cat -v | sed 's/^/  @ /'
+    tail -n 12 $WORK/count-$i.log | cat -v | sed 's/^/  | /'
+  fi
 done
 echo "COUNTS ok=$ok bad=$bad of $N"
 [ "$bad" = 0 ]
