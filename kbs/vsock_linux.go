@@ -4,6 +4,7 @@ package kbs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -33,21 +34,11 @@ func VsockDialer(cid, port uint32) func(ctx context.Context, network, addr strin
 // poller. A non-blocking connect cannot be used: vsock reports a socket that
 // is still connecting as writable.
 func dialVsock(ctx context.Context, cid, port uint32) (net.Conn, error) {
-	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fd, err := connectRetrying(ctx, vsockSocket, func(fd int) error {
+		return unix.Connect(fd, &unix.SockaddrVM{CID: cid, Port: port})
+	}, func(fd int) { unix.Close(fd) })
 	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- unix.Connect(fd, &unix.SockaddrVM{CID: cid, Port: port}) }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		go func() { <-done; unix.Close(fd) }() // close once connect gives up
-		return nil, ctx.Err()
-	}
-	if err != nil {
-		unix.Close(fd)
-		return nil, os.NewSyscallError("connect", err)
+		return nil, err
 	}
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
@@ -61,6 +52,48 @@ func dialVsock(ctx context.Context, cid, port uint32) (net.Conn, error) {
 	}
 	f := os.NewFile(uintptr(fd), fmt.Sprintf("vsock:%d:%d", cid, port))
 	return &vsockConn{File: f, local: local, remote: vsockAddr{cid, port}}, nil
+}
+
+// maxConnectInterrupts bounds how often a connect interrupted by a signal is
+// retried. Any signal to the connecting thread aborts a vsock connect with
+// EINTR, SA_RESTART or not (the socket has a connect timeout), and the Go
+// runtime signals its threads to preempt goroutines: on a loaded guest that
+// made the quote provider's connect fail now and then.
+const maxConnectInterrupts = 64
+
+func vsockSocket() (int, error) {
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	return fd, nil
+}
+
+// connectRetrying connects a fresh socket from newSocket with connect (which
+// blocks), retrying with a new socket when a signal interrupted it, until it
+// succeeds, fails otherwise, or ctx ends. It returns the connected socket.
+func connectRetrying(ctx context.Context, newSocket func() (int, error), connect func(fd int) error, closeFD func(int)) (int, error) {
+	for attempt := 0; ; attempt++ {
+		fd, err := newSocket()
+		if err != nil {
+			return -1, err
+		}
+		done := make(chan error, 1)
+		go func() { done <- connect(fd) }()
+		select {
+		case err = <-done:
+		case <-ctx.Done():
+			go func() { <-done; closeFD(fd) }() // close once connect gives up
+			return -1, ctx.Err()
+		}
+		if err == nil {
+			return fd, nil
+		}
+		closeFD(fd)
+		if !errors.Is(err, unix.EINTR) || attempt+1 >= maxConnectInterrupts {
+			return -1, os.NewSyscallError("connect", err)
+		}
+	}
 }
 
 // vsockAddr is an AF_VSOCK address.
