@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"github.com/krun-tee/krun-tee/emulated/psp"
 	"github.com/krun-tee/krun-tee/emulated/tdxmodule"
+	"github.com/krun-tee/krun-tee/internal/boundedfile"
 	"io"
 	"os"
 	"strings"
@@ -237,22 +238,6 @@ func (f *emulateFlags) emulateTDX(rd []byte) ([]byte, error) {
 	return m.Evidence(q)
 }
 
-func readLimited(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, max)
-	}
-	return b, nil
-}
-
 func attestVerify(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("attest verify", "attest verify --evidence FILE --policy FILE [--tee snp|tdx] [--trust-emulated-root DIR]", stderr)
 	evPath := fs.String("evidence", "", "Trustee-form evidence JSON (the primary_evidence value)")
@@ -266,11 +251,11 @@ func attestVerify(args []string, stdout, stderr io.Writer) error {
 	if *evPath == "" || *polPath == "" || fs.NArg() != 0 {
 		return usagef("attest verify needs --evidence FILE and --policy FILE")
 	}
-	ev, err := readLimited(*evPath, maxEvidenceFile)
+	ev, err := boundedfile.Read(*evPath, maxEvidenceFile)
 	if err != nil {
 		return fmt.Errorf("evidence: %w", err)
 	}
-	pb, err := readLimited(*polPath, maxEvidenceFile)
+	pb, err := boundedfile.Read(*polPath, maxEvidenceFile)
 	if err != nil {
 		return fmt.Errorf("policy: %w", err)
 	}

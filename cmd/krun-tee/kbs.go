@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/krun-tee/krun-tee/internal/boundedfile"
 	"github.com/krun-tee/krun-tee/kbs"
 	kbsserver "github.com/krun-tee/krun-tee/kbs/server"
 	"github.com/krun-tee/krun-tee/launch"
@@ -493,7 +494,7 @@ func registerImage(ctx context.Context, reg *registration, args []string, stdout
 	if err != nil {
 		return err
 	}
-	pass, err := readLimited(*passFile, maxPassphraseFile)
+	pass, err := boundedfile.Read(*passFile, maxPassphraseFile)
 	if err != nil {
 		return fmt.Errorf("--passphrase-file: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/krun-tee/krun-tee/internal/boundedfile"
 	"github.com/krun-tee/krun-tee/launch"
 	"github.com/krun-tee/krun-tee/launchconfig"
 	"github.com/krun-tee/krun-tee/layout"
@@ -115,13 +116,13 @@ type kernelMeasureOptions struct {
 
 // measureKernel prints the measurements of a bare kernel launch.
 func measureKernel(o kernelMeasureOptions, pages, asJSON bool, stdout io.Writer) error {
-	k, err := readLimited(o.kernel, maxMeasureKernel)
+	k, err := boundedfile.Read(o.kernel, maxMeasureKernel)
 	if err != nil {
 		return fmt.Errorf("kernel: %w", err)
 	}
 	var rd []byte
 	if o.initrd != "" {
-		if rd, err = readLimited(o.initrd, maxMeasureInitrd); err != nil {
+		if rd, err = boundedfile.Read(o.initrd, maxMeasureInitrd); err != nil {
 			return fmt.Errorf("initrd: %w", err)
 		}
 	}

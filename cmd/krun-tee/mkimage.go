@@ -16,6 +16,7 @@ import (
 
 	"github.com/krun-tee/krun-tee/imagebuild"
 	"github.com/krun-tee/krun-tee/init/workload"
+	"github.com/krun-tee/krun-tee/internal/boundedfile"
 	"github.com/krun-tee/krun-tee/kbs"
 	kbsserver "github.com/krun-tee/krun-tee/kbs/server"
 	"github.com/krun-tee/krun-tee/launchconfig"
@@ -383,7 +384,7 @@ func adminHTTPClient(caFile string) (*http.Client, error) {
 	if caFile == "" {
 		return hc, nil
 	}
-	data, err := readLimited(caFile, maxCAFileSize)
+	data, err := boundedfile.Read(caFile, maxCAFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("kbs ca: %w", err)
 	}
