@@ -22,6 +22,8 @@ type Control struct {
 	DevDir string
 	ioctl  func(req uint, buf []byte) error
 	close  func() error
+	// openDevice opens a mapped device for reading; nil means os.Open.
+	openDevice func(path string) (deviceReader, error)
 }
 
 // OpenControl opens /dev/mapper/control.
@@ -62,6 +64,17 @@ type Device struct {
 // live. uuid may be empty. The key in targets is not modified; the caller
 // wipes it. On any failure after the device was created it is removed.
 func (c *Control) ActivateCrypt(name, uuid string, readOnly bool, targets ...CryptTarget) (*Device, error) {
+	ts := make([]Target, len(targets))
+	for i := range targets {
+		ts[i] = &targets[i]
+	}
+	return c.Activate(name, uuid, readOnly, ts...)
+}
+
+// Activate creates device name with a table of targets and makes it live.
+// uuid may be empty. Keys in targets are not modified; the caller wipes them.
+// On any failure after the device was created it is removed.
+func (c *Control) Activate(name, uuid string, readOnly bool, targets ...Target) (*Device, error) {
 	create, err := newIoctl(name, uuid, 0, 0, resultBufferLen)
 	if err != nil {
 		return nil, err

@@ -62,6 +62,18 @@ const (
 	flagSecureData = 1 << 15
 )
 
+// Target is one device-mapper table entry of any target type.
+type Target interface {
+	// TargetType is the kernel's target name: "crypt", "verity", "integrity".
+	TargetType() string
+	// Span returns the first sector of the mapped device the entry covers
+	// and its length, in 512-byte sectors.
+	Span() (start, length uint64)
+	// Params renders the target parameters (the table line after
+	// "<start> <length> <type>"). They may hold a key: the caller wipes them.
+	Params() ([]byte, error)
+}
+
 // CryptTarget is one dm-crypt table entry. Sizes and offsets are in
 // 512-byte sectors, as device-mapper counts them regardless of sector_size.
 type CryptTarget struct {
@@ -75,6 +87,12 @@ type CryptTarget struct {
 	SectorSize int    // encryption sector in bytes (512..4096)
 	Options    []string
 }
+
+// TargetType is "crypt".
+func (t *CryptTarget) TargetType() string { return "crypt" }
+
+// Span returns Start and Length.
+func (t *CryptTarget) Span() (start, length uint64) { return t.Start, t.Length }
 
 func (t *CryptTarget) validate() error {
 	if t.Cipher == "" || strings.ContainsAny(t.Cipher, " \x00\n") {
@@ -140,12 +158,17 @@ func (t *CryptTarget) Params() ([]byte, error) {
 
 // TableLine returns the whole table line, as `dmsetup table --showkeys`
 // prints it. It holds the key: wipe it after use.
-func (t *CryptTarget) TableLine() ([]byte, error) {
+func (t *CryptTarget) TableLine() ([]byte, error) { return TableLine(t) }
+
+// TableLine returns the whole table line of t, as `dmsetup table
+// --showkeys` prints it. It may hold a key: wipe it after use.
+func TableLine(t Target) ([]byte, error) {
 	p, err := t.Params()
 	if err != nil {
 		return nil, err
 	}
-	line := fmt.Appendf(nil, "%d %d crypt ", t.Start, t.Length)
+	start, length := t.Span()
+	line := fmt.Appendf(nil, "%d %d %s ", start, length, t.TargetType())
 	line = append(line, p...)
 	wipe(p)
 	return line, nil
@@ -177,7 +200,7 @@ func newIoctl(name, uuid string, flags uint32, payloadLen, minLen int) ([]byte, 
 // tableLoadBuffer builds the DM_TABLE_LOAD request for targets: the header,
 // then per target a dm_target_spec and its NUL-terminated parameters padded
 // to 8 bytes, "next" giving the size of that record.
-func tableLoadBuffer(name string, flags uint32, targets []CryptTarget) ([]byte, error) {
+func tableLoadBuffer(name string, flags uint32, targets []Target) ([]byte, error) {
 	if len(targets) == 0 {
 		return nil, errors.New("dm: empty table")
 	}
@@ -204,12 +227,17 @@ func tableLoadBuffer(name string, flags uint32, targets []CryptTarget) ([]byte, 
 	ne.PutUint32(b[offTargetCount:], uint32(len(targets)))
 	off := ioctlHeaderSize
 	for i, t := range targets {
+		typ := t.TargetType()
+		if typ == "" || len(typ) >= targetTypeLen || strings.ContainsAny(typ, " \x00\n") {
+			return nil, fmt.Errorf("dm: target type %q is invalid", typ)
+		}
 		rec := recordSize(len(params[i]))
 		s := b[off : off+rec]
-		ne.PutUint64(s[offSectorStart:], t.Start)
-		ne.PutUint64(s[offLength:], t.Length)
+		start, length := t.Span()
+		ne.PutUint64(s[offSectorStart:], start)
+		ne.PutUint64(s[offLength:], length)
 		ne.PutUint32(s[offNext:], uint32(rec))
-		copy(s[offTargetType:offTargetType+targetTypeLen], "crypt")
+		copy(s[offTargetType:offTargetType+targetTypeLen], typ)
 		copy(s[targetSpecSize:], params[i]) // NUL terminator and padding are already zero
 		off += rec
 	}

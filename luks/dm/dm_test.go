@@ -116,7 +116,7 @@ func TestTableLoadBufferBytes(t *testing.T) {
 	tg := CryptTarget{Length: 8192, Cipher: "aes-xts-plain64", Key: testKey(), Device: "253:0", Offset: 2048, SectorSize: 4096}
 	tg2 := tg
 	tg2.Start, tg2.IVTweak, tg2.Options = 8192, 8192, []string{"allow_discards"}
-	got, err := tableLoadBuffer("root", flagSecureData, []CryptTarget{tg, tg2})
+	got, err := tableLoadBuffer("root", flagSecureData, []Target{&tg, &tg2})
 	if err != nil {
 		t.Fatal(err)
 	}
