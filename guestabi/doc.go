@@ -6,7 +6,8 @@
 // Both sides import this one package, so no value is spelled twice. Every
 // value here is a wire contract with guests already built: never renumber,
 // only append. The package is small and depends only on the launch
-// configuration's validator, because the measured init links it.
+// configuration's validator and package verity's parameter parser, because
+// the measured init links it.
 package guestabi
 
 // I/O ports the init writes to. Both sit in the legacy FPU range

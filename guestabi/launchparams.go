@@ -8,6 +8,7 @@ import (
 
 	"github.com/krun-tee/krun-tee/launchconfig"
 	"github.com/krun-tee/krun-tee/tee"
+	"github.com/krun-tee/krun-tee/verity"
 )
 
 // LaunchParams are the krun.* kernel command-line parameters: the launch
@@ -28,6 +29,13 @@ type LaunchParams struct {
 	// CA pin. Only for loopback development: it is measured, so a KBS can
 	// refuse such guests simply by never registering their measurement.
 	Unpinned bool
+	// Verity (krun.verity) is the dm-verity tree of the root filesystem
+	// inside the decrypted disk: root hash, salt, data blocks and hash
+	// offset, as <root hex>:<salt hex>:<blocks>:<offset> (verity.Params'
+	// compact form). Measured, so the KBS releases the disk key only to a
+	// guest that will refuse any other disk content. Nil for an image
+	// without integrity protection.
+	Verity *verity.Params
 }
 
 // Names of the plain boot's kernel parameters, which init reads whether or
@@ -47,6 +55,7 @@ const (
 	ParamUnpinned = "krun.kbs_unpinned"
 	ParamTEE      = "krun.tee"
 	ParamResource = "krun.resource"
+	ParamVerity   = "krun.verity"
 )
 
 // Validate checks every field with the launch-configuration validator the
@@ -79,7 +88,22 @@ func (p *LaunchParams) Validate() error {
 	if strings.HasPrefix(p.KBSURL, "http:") && !p.Unpinned {
 		return fmt.Errorf("launch params: kbs url %q is plain http; a pinned KBS needs https", p.KBSURL)
 	}
+	if p.Verity != nil {
+		if err := p.Verity.Validate(); err != nil {
+			return fmt.Errorf("launch params: %s: %w", ParamVerity, err)
+		}
+	}
 	return nil
+}
+
+// Equal reports whether p and q are the same launch parameters.
+func (p *LaunchParams) Equal(q *LaunchParams) bool {
+	a, b := *p, *q
+	a.Verity, b.Verity = nil, nil
+	if a != b || (p.Verity == nil) != (q.Verity == nil) {
+		return false
+	}
+	return p.Verity == nil || p.Verity.Equal(q.Verity)
 }
 
 // Format renders the parameters for the kernel command line, in a fixed order
@@ -99,6 +123,9 @@ func (p *LaunchParams) Format() (string, error) {
 		fields = append(fields, ParamUnpinned+"=1")
 	}
 	fields = append(fields, ParamTEE+"="+p.TEE.String(), ParamResource+"="+p.Resource)
+	if p.Verity != nil {
+		fields = append(fields, ParamVerity+"="+p.Verity.String())
+	}
 	return strings.Join(fields, " "), nil
 }
 
@@ -111,7 +138,7 @@ func ParseLaunchParams(cmdline string) (*LaunchParams, error) {
 	for _, f := range strings.Fields(cmdline) {
 		k, v, _ := strings.Cut(f, "=")
 		switch k {
-		case ParamWorkload, ParamKBS, ParamKBSCA, ParamTEE, ParamResource, ParamUnpinned:
+		case ParamWorkload, ParamKBS, ParamKBSCA, ParamTEE, ParamResource, ParamUnpinned, ParamVerity:
 			if _, dup := seen[k]; dup {
 				return nil, fmt.Errorf("launch params: %s given twice", k)
 			}
@@ -143,6 +170,13 @@ func ParseLaunchParams(cmdline string) (*LaunchParams, error) {
 			return nil, fmt.Errorf("launch params: %s=%q, want 1", ParamUnpinned, v)
 		}
 		p.Unpinned = true
+	}
+	if v, ok := seen[ParamVerity]; ok {
+		vp, err := verity.ParseParams(v)
+		if err != nil {
+			return nil, fmt.Errorf("launch params: %s: %w", ParamVerity, err)
+		}
+		p.Verity = vp
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err

@@ -1,10 +1,12 @@
 package guestabi
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 
 	"github.com/krun-tee/krun-tee/tee"
+	"github.com/krun-tee/krun-tee/verity"
 )
 
 const ca = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -27,7 +29,7 @@ func TestFormatParseRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *back != p {
+	if !back.Equal(&p) {
 		t.Fatalf("round trip: %+v != %+v", *back, p)
 	}
 	u := LaunchParams{WorkloadID: "w", KBSURL: "http://127.0.0.1:8080", TEE: tee.None, Resource: "a/b/c", Unpinned: true}
@@ -90,6 +92,10 @@ func FuzzParseLaunchParams(f *testing.F) {
 	s, _ := p.Format()
 	f.Add(s)
 	f.Add("krun.workload= krun.kbs=https://x krun.tee=none krun.resource=a/b/c krun.kbs_unpinned=1")
+	v := good()
+	v.Verity = testVerity()
+	s, _ = v.Format()
+	f.Add(s)
 	f.Fuzz(func(t *testing.T, in string) {
 		got, err := ParseLaunchParams(in)
 		if err != nil {
@@ -101,8 +107,68 @@ func FuzzParseLaunchParams(f *testing.F) {
 			t.Fatalf("parsed %+v does not format: %v", got, err)
 		}
 		again, err := ParseLaunchParams(out)
-		if err != nil || *again != *got {
+		if err != nil || !again.Equal(got) {
 			t.Fatalf("reparse %q: %+v %v", out, again, err)
 		}
 	})
+}
+
+const (
+	verityRoot = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+	veritySalt = "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+)
+
+func testVerity() *verity.Params {
+	p, err := verity.ParseParams(verityRoot + ":" + veritySalt + ":25600:104857600")
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
+
+func TestVerityRoundTrip(t *testing.T) {
+	p := good()
+	p.Verity = testVerity()
+	s, err := p.Format()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := " krun.resource=default/krun-tee/web krun.verity=" + verityRoot + ":" + veritySalt + ":25600:104857600"; !strings.HasSuffix(s, want) {
+		t.Fatalf("Format: %s", s)
+	}
+	back, err := ParseLaunchParams(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !back.Equal(&p) || back.Verity.DataBlocks != 25600 || back.Verity.HashStartBlock() != 25601 {
+		t.Fatalf("round trip: %+v", back.Verity)
+	}
+	// Equal tells verity from none and one tree from another.
+	plain := good()
+	if back.Equal(&plain) || plain.Equal(back) {
+		t.Fatal("a verity configuration equals one without")
+	}
+	other := good()
+	other.Verity = testVerity()
+	other.Verity.RootHash = bytes.Repeat([]byte{1}, 32)
+	if back.Equal(&other) {
+		t.Fatal("different root hashes are equal")
+	}
+	for in, want := range map[string]string{
+		s + " krun.verity=" + verityRoot + ":" + veritySalt + ":1:4096": "given twice",
+		strings.Replace(s, ":25600:", ":0:", 1):                         "krun.verity: verity: 0 data blocks",
+		strings.Replace(s, veritySalt, "", 1):                           "krun.verity: verity: salt is 0 bytes",
+		strings.Replace(s, verityRoot, strings.ToUpper(verityRoot), 1):  "lowercase",
+		strings.Replace(s, ":104857600", ":4096", 1):                    "inside",
+		strings.Replace(s, ":104857600", "", 1):                         "not <root>",
+	} {
+		if _, err := ParseLaunchParams(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want %q", in, err, want)
+		}
+	}
+	bad := good()
+	bad.Verity = &verity.Params{}
+	if _, err := bad.Format(); err == nil || !strings.Contains(err.Error(), "krun.verity") {
+		t.Fatalf("invalid verity formatted: %v", err)
+	}
 }

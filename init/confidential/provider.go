@@ -19,7 +19,7 @@ import (
 // launchKeys are the parameter names guestabi.ParseLaunchParams reads; any
 // one of them on the command line selects the confidential path (a test
 // checks this list against guestabi's Format so the two cannot drift apart).
-var launchKeys = []string{guestabi.ParamWorkload, guestabi.ParamKBS, guestabi.ParamKBSCA, guestabi.ParamTEE, guestabi.ParamResource, guestabi.ParamUnpinned}
+var launchKeys = []string{guestabi.ParamWorkload, guestabi.ParamKBS, guestabi.ParamKBSCA, guestabi.ParamTEE, guestabi.ParamResource, guestabi.ParamUnpinned, guestabi.ParamVerity}
 
 // HasLaunchParams reports whether cmdline asks for a confidential boot: it
 // carries at least one krun.* launch parameter. Without any, init keeps its

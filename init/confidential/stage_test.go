@@ -18,6 +18,7 @@ import (
 	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
 	"github.com/krun-tee/krun-tee/tee"
+	"github.com/krun-tee/krun-tee/verity"
 )
 
 // fakeFetcher returns a fixed answer and keeps the buffer it handed out.
@@ -295,7 +296,13 @@ func TestPlainCmdlineHasNoLaunchParams(t *testing.T) {
 // guestabi: every launch parameter Format writes is recognised, and each one alone
 // selects the confidential path.
 func TestLaunchKeysMatchFormat(t *testing.T) {
-	for _, p := range []*guestabi.LaunchParams{testParams(), {WorkloadID: "w", KBSURL: "http://127.0.0.1:1", TEE: "none", Resource: "a/b/c", Unpinned: true}} {
+	withVerity := testParams()
+	vp, err := verity.ParseParams(strings.Repeat("ab", 32) + ":" + strings.Repeat("cd", 32) + ":8:32768")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withVerity.Verity = vp
+	for _, p := range []*guestabi.LaunchParams{testParams(), withVerity, {WorkloadID: "w", KBSURL: "http://127.0.0.1:1", TEE: "none", Resource: "a/b/c", Unpinned: true}} {
 		s, err := p.Format()
 		if err != nil {
 			t.Fatal(err)
