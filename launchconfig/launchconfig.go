@@ -6,8 +6,8 @@
 // command line and the KBS registers the workload under its id. Each of
 // them checks the values with the functions here, so an image that cannot
 // boot cannot be built and a workload id one side accepts the other accepts
-// too. The package is a leaf (standard library and tee only) because the
-// measured guest init links it.
+// too. The package is a leaf (standard library, tee and verity only)
+// because the measured guest init links it.
 package launchconfig
 
 import (
@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/krun-tee/krun-tee/tee"
+	"github.com/krun-tee/krun-tee/verity"
 )
 
 // Config is what `krun-tee run` needs to launch an image: which workload it
@@ -44,6 +45,13 @@ type Config struct {
 	// launch parameter: the filesystem is encrypted and its key released
 	// for the measurement, not for the digest.
 	ImageDigest string `json:"image_digest,omitempty"`
+	// Verity describes the dm-verity tree of the root filesystem inside the
+	// decrypted payload (data from offset 0, hash area at its hash_offset):
+	// {"root_hash","salt","data_blocks","hash_offset"}. The host copies it
+	// to the measured krun.verity launch parameter; the guest trusts only
+	// that copy. Absent for a writable root without integrity protection
+	// and in tokens written before verity images existed.
+	Verity *verity.Params `json:"verity,omitempty"`
 }
 
 // Bounds of a launchable VM. They equal the VMM's own limits (vmm/boot; a
@@ -98,6 +106,11 @@ func (c *Config) Validate() error {
 	}
 	if c.ImageDigest != "" && !imageDigestPattern.MatchString(c.ImageDigest) {
 		return fmt.Errorf("launch config: image digest %q is not sha256:<64 lowercase hex digits>", truncate(c.ImageDigest, 80))
+	}
+	if c.Verity != nil {
+		if err := c.Verity.Validate(); err != nil {
+			return fmt.Errorf("launch config: %w", err)
+		}
 	}
 	if err := ValidateVCPUs(c.VCPUs); err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"io"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/krun-tee/krun-tee/launchconfig"
@@ -97,6 +98,8 @@ func FuzzParseMetadata(f *testing.F) {
 func FuzzParseLaunchConfigToken(f *testing.F) {
 	f.Add([]byte(`{"type":"krun-tee","keyslots":[],"workload_id":"a","tee":"snp","vcpus":1,"memory_mib":64}`))
 	f.Add([]byte(`{"type":"krun-tee","keyslots":[],"workload_id":"a","kbs_url":"https://h:1","kbs_ca_fingerprint":"00","tee":"none","resource_path":"a/b/c","vcpus":-1,"memory_mib":1e99}`))
+	f.Add([]byte(`{"type":"krun-tee","keyslots":[],"workload_id":"a","tee":"snp","vcpus":1,"memory_mib":64,"verity":{"root_hash":"` +
+		strings.Repeat("ee", 32) + `","salt":"` + strings.Repeat("5a", 32) + `","data_blocks":8,"hash_offset":32768}}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		c, err := ParseLaunchConfigToken(raw)
 		if err == nil {

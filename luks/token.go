@@ -105,7 +105,29 @@ func (v *Volume) ReadLaunchConfig() (*launchconfig.Config, error) {
 	if id < 0 {
 		return nil, ErrNoLaunchConfig
 	}
-	return ParseLaunchConfigToken(v.meta.Tokens[strconv.Itoa(id)])
+	c, err := ParseLaunchConfigToken(v.meta.Tokens[strconv.Itoa(id)])
+	if err != nil {
+		return nil, err
+	}
+	if err := v.checkVerityFits(c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// checkVerityFits refuses a verity tree that would end beyond the payload.
+func (v *Volume) checkVerityFits(c *launchconfig.Config) error {
+	if c.Verity == nil {
+		return nil
+	}
+	_, n, err := v.PayloadRange()
+	if err != nil {
+		return err
+	}
+	if n < 0 || c.Verity.End() > uint64(n) {
+		return fmt.Errorf("luks: krun-tee token: the verity data and hash tree end at byte %d, beyond the %d-byte payload", c.Verity.End(), n)
+	}
+	return nil
 }
 
 // ParseLaunchConfigToken decodes a krun-tee token's JSON.
@@ -129,6 +151,9 @@ func ParseLaunchConfigToken(raw []byte) (*launchconfig.Config, error) {
 func (v *Volume) SetLaunchConfig(dev ReadWriterAt, c *launchconfig.Config) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("luks: krun-tee token: %w", err)
+	}
+	if err := v.checkVerityFits(c); err != nil {
+		return err
 	}
 	raw, err := json.Marshal(launchToken{Type: LaunchConfigTokenType, Keyslots: []string{}, Config: *c})
 	if err != nil {
