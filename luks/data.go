@@ -176,3 +176,48 @@ func (s *SegmentCipher) transformRange(ctx context.Context, dst io.WriterAt, dst
 	}
 	return ctx.Err()
 }
+
+// PayloadReader reads the plaintext of a crypt segment whose ciphertext
+// lies on src from byte offset payloadOff, length bytes long: what dm-crypt
+// shows the guest, for host-side checks of an image (e.g. its dm-verity
+// tree). Reads must be whole sectors at sector-aligned offsets.
+type PayloadReader struct {
+	c      *SegmentCipher
+	src    io.ReaderAt
+	off    int64
+	length int64
+}
+
+// NewPayloadReader returns a PayloadReader over the segment's first length
+// bytes, stored on src at payloadOff.
+func (s *SegmentCipher) NewPayloadReader(src io.ReaderAt, payloadOff, length int64) *PayloadReader {
+	return &PayloadReader{c: s, src: src, off: payloadOff, length: length}
+}
+
+// ReadAt decrypts len(p) bytes of the segment at off. It returns io.EOF for
+// reads at or past the end and refuses partial sectors.
+func (r *PayloadReader) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("luks: negative payload offset %d", off)
+	}
+	if off >= r.length {
+		return 0, io.EOF
+	}
+	n := int64(len(p))
+	var eof error
+	if off+n > r.length {
+		n, eof = r.length-off, io.EOF
+	}
+	ss := int64(r.c.sectorSize)
+	if off%ss != 0 || n%ss != 0 {
+		return 0, fmt.Errorf("luks: payload read of %d bytes at %d is not whole %d-byte sectors", n, off, ss)
+	}
+	buf := p[:n]
+	if _, err := r.src.ReadAt(buf, r.off+off); err != nil {
+		return 0, fmt.Errorf("luks: read payload at %d: %w", off, err)
+	}
+	if err := r.c.Decrypt(buf, buf, off); err != nil {
+		return 0, err
+	}
+	return int(n), eof
+}
