@@ -1,6 +1,10 @@
 // Package dm activates LUKS2 volumes as dm-crypt devices through the
 // device-mapper ioctls on /dev/mapper/control, without libdevmapper, udev or
 // cryptsetup: it is what the in-guest init uses after unlocking a volume.
+// It also builds and activates dm-verity tables (verity.go: a read-only
+// root checked against a measured hash tree, stacked on dm-crypt) and
+// dm-integrity plus AEAD dm-crypt tables (integrity.go: authenticated
+// writable disks).
 //
 // Activation is DM_DEV_CREATE (an empty, suspended device), DM_TABLE_LOAD
 // with DM_SECURE_DATA_FLAG (so the kernel wipes its copy of the table, which
