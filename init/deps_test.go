@@ -32,6 +32,7 @@ var allowedOwn = []string{
 	"kbs/evidence",     // the guest's quote providers
 	"luks",
 	"luks/dm",
+	"verity", // the measured dm-verity parameters (krun.verity) and superblock check
 	// attest is linked for the TEE names, the report-data binding and the
 	// evidence encoders; its verifier (and so go-sev-guest/verify,
 	// go-tdx-guest/verify and pcs below) comes along until the evidence
