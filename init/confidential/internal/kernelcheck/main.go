@@ -10,6 +10,8 @@
 //	kernelcheck: hello=<contents of /hello.txt in the decrypted root>
 //	kernelcheck: error: <the stage's one-line error>
 //
+// With kernelcheck.verity=<params> it checks dm-verity instead (verity.go).
+//
 // and the stage's exit status (0 on success) through I/O port 0xf4.
 package main
 
@@ -55,10 +57,13 @@ func run() int {
 		}
 	}
 	cmdline, _ := os.ReadFile("/proc/cmdline")
-	pass := ""
+	pass, verityParams := "", ""
 	for _, f := range strings.Fields(string(cmdline)) {
 		if v, ok := strings.CutPrefix(f, "kernelcheck.pass="); ok {
 			pass = v
+		}
+		if v, ok := strings.CutPrefix(f, "kernelcheck.verity="); ok {
+			verityParams = v
 		}
 	}
 	for i := 0; i < 200; i++ {
@@ -68,6 +73,9 @@ func run() int {
 		time.Sleep(25 * time.Millisecond)
 	}
 	_ = os.MkdirAll("/mnt", 0o755)
+	if verityParams != "" {
+		return runVerity(pass, verityParams)
+	}
 	s := &confidential.Stage{
 		Params:     &guestabi.LaunchParams{Resource: "kernelcheck/luks/root"},
 		Fetcher:    passphrase(pass),
