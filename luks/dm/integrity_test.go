@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -196,5 +199,104 @@ func TestActivateIntegritySequence(t *testing.T) {
 	}
 	if _, err := c.ActivateIntegrity("scratch-int", "", it); !errors.Is(err, unix.ENXIO) || calls[len(calls)-1] != unix.DM_DEV_REMOVE {
 		t.Fatalf("status fails: %v %x", err, calls)
+	}
+}
+
+// kernelFake answers create with increasing minors and status with the
+// length last loaded for the device, as an integrity target providing
+// provided sectors.
+type kernelFake struct {
+	calls    []uint
+	names    []string
+	tables   map[string]string // name -> params of the last load
+	lengths  map[string]uint64
+	provided uint64
+	minor    uint32
+	failOn   func(req uint, name string) error
+}
+
+func (k *kernelFake) control(dir string) *Control {
+	k.tables, k.lengths = map[string]string{}, map[string]uint64{}
+	return &Control{DevDir: dir, ioctl: func(req uint, buf []byte) error {
+		name := string(bytes.TrimRight(buf[offName:offName+nameLen], "\x00"))
+		k.calls, k.names = append(k.calls, req), append(k.names, name)
+		if k.failOn != nil {
+			if err := k.failOn(req, name); err != nil {
+				return err
+			}
+		}
+		ne := binary.NativeEndian
+		switch req {
+		case unix.DM_DEV_CREATE:
+			k.minor++
+			ne.PutUint64(buf[offDev:], unix.Mkdev(253, k.minor))
+		case unix.DM_TABLE_LOAD:
+			k.lengths[name] = ne.Uint64(buf[ioctlHeaderSize+offLength:])
+			k.tables[name] = string(bytes.TrimRight(buf[ioctlHeaderSize+targetSpecSize:], "\x00"))
+		case unix.DM_TABLE_STATUS:
+			b := statusBuffer([]TargetStatus{{0, k.lengths[name], "integrity", "0 " + strconv.FormatUint(k.provided, 10) + " -"}})
+			copy(buf, b)
+		}
+		return nil
+	}}
+}
+
+func TestActivateAuthenticated(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "scratch.img")
+	if err := os.WriteFile(disk, bytes.Repeat([]byte{0xff}, 3*4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := bytes.Repeat([]byte{9}, 96)
+	k := &kernelFake{provided: 1000001}
+	d, err := k.control(dir).ActivateAuthenticated("scratch", disk, SuiteXTSHMACSHA256, key, IntegrityDirect, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(disk)
+	if !bytes.Equal(got[:4096], make([]byte, 4096)) || got[4096] != 0xff {
+		t.Fatal("format did not zero exactly the integrity superblock area")
+	}
+	wantNames := []string{"scratch-integrity", "scratch-integrity", "scratch-integrity", "scratch-integrity", "scratch-integrity",
+		"scratch-integrity", "scratch-integrity", "scratch-integrity", "scratch-integrity", "scratch", "scratch", "scratch"}
+	if strings.Join(k.names, ",") != strings.Join(wantNames, ",") {
+		t.Fatalf("ioctl names %v", k.names)
+	}
+	if k.lengths["scratch-integrity"] != 1000000 || k.lengths["scratch"] != 1000000 {
+		t.Fatalf("lengths %v", k.lengths)
+	}
+	if want := disk + " 0 48 D 1 block_size:4096"; k.tables["scratch-integrity"] != want {
+		t.Fatalf("integrity table %q", k.tables["scratch-integrity"])
+	}
+	if want := "capi:authenc(hmac(sha256),xts(aes))-random " + strings.Repeat("09", 96) + " 0 253:2 0 2 integrity:48:aead sector_size:4096"; k.tables["scratch"] != want {
+		t.Fatalf("crypt table %q", k.tables["scratch"])
+	}
+	if d.Crypt.Name != "scratch" || d.Integrity.Name != "scratch-integrity" || d.Crypt.Minor != 3 {
+		t.Fatalf("disk %+v %+v", d.Crypt, d.Integrity)
+	}
+	k.calls, k.names = nil, nil
+	if err := d.Teardown(k.control(dir)); err != nil || strings.Join(k.names, ",") != "scratch,scratch-integrity" {
+		t.Fatalf("teardown %v %v", err, k.names)
+	}
+
+	// Without format the disk is left alone; a refused crypt table removes
+	// the integrity device again.
+	os.WriteFile(disk, bytes.Repeat([]byte{0xff}, 3*4096), 0o600)
+	k = &kernelFake{provided: 800, failOn: func(req uint, name string) error {
+		if req == unix.DM_TABLE_LOAD && name == "scratch" {
+			return unix.EINVAL
+		}
+		return nil
+	}}
+	_, err = k.control(dir).ActivateAuthenticated("scratch", disk, SuiteAESGCM, key[:32], IntegrityJournal, false)
+	if !errors.Is(err, unix.EINVAL) || k.names[len(k.names)-1] != "scratch-integrity" || k.calls[len(k.calls)-1] != unix.DM_DEV_REMOVE {
+		t.Fatalf("refused crypt: %v %v %x", err, k.names, k.calls)
+	}
+	if got, _ := os.ReadFile(disk); got[0] != 0xff {
+		t.Fatal("opening without format wrote to the disk")
+	}
+	if _, err := k.control(dir).ActivateAuthenticated("scratch", disk, SuiteAESGCM, key, IntegrityJournal, false); err == nil {
+		t.Fatal("accepted a 96-byte key for GCM")
 	}
 }
