@@ -62,7 +62,11 @@ func (t *VerityTarget) Params() ([]byte, error) {
 // "CRYPT-VERITY-<root hash prefix>-<name>" (cryptsetup's prefix, so tools
 // recognise it; the root hash rather than the unmeasured superblock UUID).
 func VerityUUID(p *verity.Params, name string) string {
-	return "CRYPT-VERITY-" + hex.EncodeToString(p.RootHash[:16]) + "-" + name
+	h := hex.EncodeToString(p.RootHash)
+	if len(h) > 32 {
+		h = h[:32]
+	}
+	return "CRYPT-VERITY-" + h + "-" + name
 }
 
 // ActivateVerity maps t as the read-only device name (dm-verity refuses a

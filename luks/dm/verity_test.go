@@ -169,6 +169,9 @@ func TestActivateVerityLUKSSequence(t *testing.T) {
 	if uuid := string(bytes.TrimRight(f.bufs[3][offUUID:offUUID+uuidLen], "\x00")); uuid != VerityUUID(p, "root") || !strings.HasPrefix(uuid, "CRYPT-VERITY-") {
 		t.Fatalf("verity uuid %q", uuid)
 	}
+	if u := VerityUUID(&verity.Params{RootHash: []byte{1}}, "x"); u != "CRYPT-VERITY-01-x" {
+		t.Fatalf("uuid of a short root %q", u)
+	}
 	if opened != s.Crypt.Path || s.Verity.Name != "root" || s.Crypt.Name != "root-crypt" {
 		t.Fatalf("stack %+v %+v, superblock read from %s", s.Crypt, s.Verity, opened)
 	}
