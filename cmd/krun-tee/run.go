@@ -213,7 +213,20 @@ func parsePortMap(s string) (uint32, string, error) {
 // runFailed prints one line and ends run with status 125.
 func runFailed(format string, args ...any) error {
 	fmt.Fprintf(runStderr, "krun-tee run: "+format+"\n", args...)
+	for _, a := range args {
+		if err, ok := a.(error); ok && hostRefused(err) {
+			fmt.Fprintln(runStderr, "krun-tee run: `krun-tee host check` shows what this host can run and how to fix what is missing")
+			break
+		}
+	}
 	return exitStatus(exitRunnerFailed)
+}
+
+// hostRefused reports whether err says the host, not the image, is the
+// problem: no usable KVM or no real TEE.
+func hostRefused(err error) bool {
+	return errors.Is(err, vmm.ErrSoftwareKVM) || errors.Is(err, launch.ErrRealLaunchUnimplemented) ||
+		errors.Is(err, os.ErrNotExist) && strings.Contains(err.Error(), "/dev/kvm")
 }
 
 func runCommand(ctx context.Context, args []string) error {
