@@ -17,7 +17,7 @@ type fakeSockets struct {
 }
 
 func (f *fakeSockets) socket() (int, error) { f.next++; return f.next, nil }
-func (f *fakeSockets) close(fd int)        { f.closed[fd] = true }
+func (f *fakeSockets) close(fd int)         { f.closed[fd] = true }
 
 // A connect interrupted by a signal (EINTR: the Go runtime's preemption
 // signal is enough) is retried on a fresh socket; the old one is closed.
