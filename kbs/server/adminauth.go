@@ -6,7 +6,9 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -21,12 +23,15 @@ import (
 	"github.com/krun-tee/krun-tee/internal/pemfile"
 )
 
-// Admin token rules: short-lived, audience-bound.
+// Admin token rules: short-lived, audience-bound, single-use, bound to one
+// request and its body.
 const (
 	adminAudience     = "krun-tee-kbs-admin"
-	maxAdminTokenLife = 5 * time.Minute
-	adminClockLeeway  = 30 * time.Second
-	defaultAdminTTL   = 2 * time.Minute
+	maxAdminTokenLife = 60 * time.Second
+	adminClockLeeway  = 10 * time.Second
+	defaultAdminTTL   = 30 * time.Second
+	// jtiBytes is the size of the random token id the signer draws.
+	jtiBytes = 16
 	// maxSmallFile bounds the configuration, key and KEK files the server reads.
 	maxSmallFile = 64 << 10
 )
@@ -70,46 +75,87 @@ func ParseAdminPublicKey(pemData []byte) (*AdminVerifier, error) {
 	return nil, fmt.Errorf("kbs: admin public key: %T not supported (want Ed25519 or EC P-256)", k)
 }
 
-// adminClaims are the admin token's claims: the registered ones plus the
-// request the token is for ("METHOD /path"), so a token seen by a proxy or
-// left in a log cannot be replayed against another admin call.
+// adminClaims are the admin token's claims: the registered ones (jti
+// required) plus the request the token is for ("METHOD /path") and the
+// SHA-256 of its body, so a token seen by a proxy or left in a log cannot be
+// replayed against another admin call or with another body; the jti makes it
+// single-use.
 type adminClaims struct {
 	jwt.Claims
 	Request string `json:"kbs_req"`
+	Body    string `json:"kbs_body"`
 }
 
 // RequestBinding is the kbs_req value for a call.
 func RequestBinding(method, path string) string { return method + " " + path }
 
-// Check verifies an admin token for the request "METHOD /path": signature,
-// audience, iat and exp present, not expired, not issued in the future,
-// living at most 5 minutes, and bound to this very request.
-func (v *AdminVerifier) Check(token, request string, now time.Time) (subject string, err error) {
+// BodyBinding is the kbs_body value for a request body: its SHA-256,
+// base64url without padding.
+func BodyBinding(body []byte) string {
+	d := sha256.Sum256(body)
+	return base64.RawURLEncoding.EncodeToString(d[:])
+}
+
+// AdminGrant is what a valid admin token grants: one call by Subject, to be
+// refused if its ID was seen before Until (the token's expiry plus the
+// clock leeway).
+type AdminGrant struct {
+	Subject string
+	ID      string
+	Until   time.Time
+}
+
+// validJTI accepts the token ids a signer may choose: 16 to 64 characters of
+// the base64url alphabet (the id becomes a store key).
+func validJTI(id string) bool {
+	if len(id) < 16 || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// Check verifies an admin token for the request "METHOD /path" carrying
+// body: signature, audience, iat, exp and jti present, not expired, not
+// issued in the future, living at most 60 seconds, and bound to this very
+// request and body. Refusing a second use of the grant's ID is the caller's
+// job (Server keeps the ids in its store).
+func (v *AdminVerifier) Check(token, request string, body []byte, now time.Time) (AdminGrant, error) {
 	if len(token) > maxTokenLen {
-		return "", errors.New("admin token too large")
+		return AdminGrant{}, errors.New("admin token too large")
 	}
 	parsed, err := jwt.ParseSigned(token, v.algs)
 	if err != nil {
-		return "", fmt.Errorf("admin token: %w", err)
+		return AdminGrant{}, fmt.Errorf("admin token: %w", err)
 	}
 	var ac adminClaims
 	if err := parsed.Claims(v.pub, &ac); err != nil {
-		return "", fmt.Errorf("admin token: %w", err)
+		return AdminGrant{}, fmt.Errorf("admin token: %w", err)
 	}
 	c := ac.Claims
 	if c.IssuedAt == nil || c.Expiry == nil {
-		return "", errors.New("admin token: iat and exp required")
+		return AdminGrant{}, errors.New("admin token: iat and exp required")
 	}
 	if life := c.Expiry.Time().Sub(c.IssuedAt.Time()); life <= 0 || life > maxAdminTokenLife {
-		return "", fmt.Errorf("admin token: lifetime %s (want at most %s)", life, maxAdminTokenLife)
+		return AdminGrant{}, fmt.Errorf("admin token: lifetime %s (want at most %s)", life, maxAdminTokenLife)
 	}
 	if err := c.ValidateWithLeeway(jwt.Expected{AnyAudience: jwt.Audience{adminAudience}, Time: now}, adminClockLeeway); err != nil {
-		return "", fmt.Errorf("admin token: %w", err)
+		return AdminGrant{}, fmt.Errorf("admin token: %w", err)
+	}
+	if !validJTI(c.ID) {
+		return AdminGrant{}, errors.New("admin token: jti required (16-64 base64url characters)")
 	}
 	if ac.Request != request {
-		return "", fmt.Errorf("admin token: issued for %q, not %q", truncate(ac.Request, 200), truncate(request, 200))
+		return AdminGrant{}, fmt.Errorf("admin token: issued for %q, not %q", truncate(ac.Request, 200), truncate(request, 200))
 	}
-	return c.Subject, nil
+	if ac.Body != BodyBinding(body) {
+		return AdminGrant{}, errors.New("admin token: issued for another request body")
+	}
+	return AdminGrant{Subject: c.Subject, ID: c.ID, Until: c.Expiry.Time().Add(adminClockLeeway)}, nil
 }
 
 // AdminSigner mints admin tokens with a private key (Ed25519 or EC P-256).
@@ -142,15 +188,20 @@ func LoadAdminPrivateKey(path string) (*AdminSigner, error) {
 	return &AdminSigner{signer: s}, nil
 }
 
-// Token mints a token for one request (RequestBinding), valid for two
-// minutes from now.
-func (s *AdminSigner) Token(subject, request string, now time.Time) (string, error) {
+// Token mints a single-use token for one request (RequestBinding) with
+// body, valid for 30 seconds from now.
+func (s *AdminSigner) Token(subject, request string, body []byte, now time.Time) (string, error) {
+	var id [jtiBytes]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return "", fmt.Errorf("kbs: admin token id: %w", err)
+	}
 	c := adminClaims{Claims: jwt.Claims{
 		Subject:  subject,
 		Audience: jwt.Audience{adminAudience},
 		IssuedAt: jwt.NewNumericDate(now),
 		Expiry:   jwt.NewNumericDate(now.Add(defaultAdminTTL)),
-	}, Request: request}
+		ID:       base64.RawURLEncoding.EncodeToString(id[:]),
+	}, Request: request, Body: BodyBinding(body)}
 	return jwt.Signed(s.signer).Claims(c).Serialize()
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -37,6 +38,9 @@ func (a *AdminClient) call(ctx context.Context, method, path string, body []byte
 	if err != nil {
 		return fmt.Errorf("kbs admin: url: %w", err)
 	}
+	if err := checkAdminURL(base); err != nil {
+		return err
+	}
 	p, query, _ := strings.Cut(path, "?")
 	u := base.JoinPath(p)
 	u.RawQuery = query
@@ -50,7 +54,7 @@ func (a *AdminClient) call(ctx context.Context, method, path string, body []byte
 	if err != nil {
 		return fmt.Errorf("kbs admin: path %q: %w", p, err)
 	}
-	tok, err := a.Signer.Token(a.Subject, RequestBinding(method, plain), now())
+	tok, err := a.Signer.Token(a.Subject, RequestBinding(method, plain), body, now())
 	if err != nil {
 		return fmt.Errorf("kbs admin: token: %w", err)
 	}
@@ -86,6 +90,25 @@ func (a *AdminClient) call(ctx context.Context, method, path string, body []byte
 		}
 	}
 	return nil
+}
+
+// checkAdminURL refuses admin URLs whose traffic others could read: admin
+// tokens and secrets travel over https, or over plain http to loopback only.
+func checkAdminURL(u *url.URL) error {
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		h := u.Hostname()
+		if h == "localhost" {
+			return nil
+		}
+		if ip := net.ParseIP(h); ip != nil && ip.IsLoopback() {
+			return nil
+		}
+		return fmt.Errorf("kbs admin: url %s: plain http is allowed only to loopback; use https", u.Redacted())
+	}
+	return fmt.Errorf("kbs admin: url %s: scheme %q, want https", u.Redacted(), u.Scheme)
 }
 
 // SetResource stores a secret under path ("repo/type/tag").

@@ -40,15 +40,24 @@ func TestAdminKeyFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	tok, _ := s.Token("alice", "GET /kbs/v0/admin/workloads", now)
-	if sub, err := v.Check(tok, "GET /kbs/v0/admin/workloads", now); err != nil || sub != "alice" {
-		t.Fatalf("%q %v", sub, err)
+	tok, _ := s.Token("alice", "GET /kbs/v0/admin/workloads", nil, now)
+	if g, err := v.Check(tok, "GET /kbs/v0/admin/workloads", nil, now); err != nil || g.Subject != "alice" || !validJTI(g.ID) {
+		t.Fatalf("%+v %v", g, err)
 	}
-	if _, err := v.Check(tok, "GET /kbs/v0/admin/workloads", now.Add(10*time.Minute)); err == nil {
+	if _, err := v.Check(tok, "GET /kbs/v0/admin/workloads", nil, now.Add(time.Minute)); err == nil {
 		t.Fatal("expired token accepted")
 	}
-	if _, err := v.Check(tok, "DELETE /kbs/v0/admin/workload/x", now); err == nil {
+	if _, err := v.Check(tok, "DELETE /kbs/v0/admin/workload/x", nil, now); err == nil {
 		t.Fatal("token replayed against another call")
+	}
+	if _, err := v.Check(tok, "GET /kbs/v0/admin/workloads", []byte("x"), now); err == nil {
+		t.Fatal("token replayed with another body")
+	}
+	tok2, _ := s.Token("alice", "GET /kbs/v0/admin/workloads", nil, now)
+	g1, _ := v.Check(tok, "GET /kbs/v0/admin/workloads", nil, now)
+	g2, _ := v.Check(tok2, "GET /kbs/v0/admin/workloads", nil, now)
+	if g1.ID == g2.ID {
+		t.Fatal("two tokens share a jti")
 	}
 }
 
@@ -64,7 +73,7 @@ func es256Admin(t *testing.T) (*ecdsa.PrivateKey, *AdminVerifier) {
 }
 
 func signClaims(t *testing.T, k *ecdsa.PrivateKey, alg jose.SignatureAlgorithm, c jwt.Claims) string {
-	return signAdmin(t, k, alg, adminClaims{Claims: c, Request: testReq})
+	return signAdmin(t, k, alg, adminClaims{Claims: c, Request: testReq, Body: BodyBinding(nil)})
 }
 
 const testReq = "GET /kbs/v0/admin/workloads"
@@ -86,22 +95,26 @@ func TestAdminTokenRules(t *testing.T) {
 	now := time.Now()
 	nd := jwt.NewNumericDate
 	aud := jwt.Audience{adminAudience}
+	const id = "0123456789abcdefABCDEF"
 	cases := []struct {
 		name string
 		c    jwt.Claims
 		err  string
 	}{
-		{"good", jwt.Claims{Subject: "op", Audience: aud, IssuedAt: nd(now), Expiry: nd(now.Add(time.Minute))}, ""},
-		{"no iat", jwt.Claims{Audience: aud, Expiry: nd(now.Add(time.Minute))}, "iat and exp"},
-		{"no exp", jwt.Claims{Audience: aud, IssuedAt: nd(now)}, "iat and exp"},
-		{"too long", jwt.Claims{Audience: aud, IssuedAt: nd(now), Expiry: nd(now.Add(time.Hour))}, "lifetime"},
-		{"wrong audience", jwt.Claims{Audience: jwt.Audience{"KBS"}, IssuedAt: nd(now), Expiry: nd(now.Add(time.Minute))}, "aud"},
-		{"expired", jwt.Claims{Audience: aud, IssuedAt: nd(now.Add(-5 * time.Minute)), Expiry: nd(now.Add(-2 * time.Minute))}, "exp"},
-		{"future", jwt.Claims{Audience: aud, IssuedAt: nd(now.Add(3 * time.Minute)), Expiry: nd(now.Add(4 * time.Minute))}, "iat"},
+		{"good", jwt.Claims{Subject: "op", Audience: aud, IssuedAt: nd(now), Expiry: nd(now.Add(time.Minute)), ID: id}, ""},
+		{"no iat", jwt.Claims{Audience: aud, Expiry: nd(now.Add(time.Minute)), ID: id}, "iat and exp"},
+		{"no exp", jwt.Claims{Audience: aud, IssuedAt: nd(now), ID: id}, "iat and exp"},
+		{"too long", jwt.Claims{Audience: aud, IssuedAt: nd(now), Expiry: nd(now.Add(2 * time.Minute)), ID: id}, "lifetime"},
+		{"wrong audience", jwt.Claims{Audience: jwt.Audience{"KBS"}, IssuedAt: nd(now), Expiry: nd(now.Add(time.Minute)), ID: id}, "aud"},
+		{"expired", jwt.Claims{Audience: aud, IssuedAt: nd(now.Add(-75 * time.Second)), Expiry: nd(now.Add(-15 * time.Second)), ID: id}, "exp"},
+		{"future", jwt.Claims{Audience: aud, IssuedAt: nd(now.Add(15 * time.Second)), Expiry: nd(now.Add(30 * time.Second)), ID: id}, "iat"},
+		{"no jti", jwt.Claims{Audience: aud, IssuedAt: nd(now), Expiry: nd(now.Add(time.Minute))}, "jti"},
+		{"short jti", jwt.Claims{Audience: aud, IssuedAt: nd(now), Expiry: nd(now.Add(time.Minute)), ID: "abc"}, "jti"},
+		{"jti not a key", jwt.Claims{Audience: aud, IssuedAt: nd(now), Expiry: nd(now.Add(time.Minute)), ID: "../../0123456789abcdef"}, "jti"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := v.Check(signClaims(t, k, jose.ES256, c.c), testReq, now)
+			_, err := v.Check(signClaims(t, k, jose.ES256, c.c), testReq, nil, now)
 			if c.err == "" && err != nil || c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
 				t.Fatalf("err %v, want %q", err, c.err)
 			}
@@ -109,16 +122,19 @@ func TestAdminTokenRules(t *testing.T) {
 	}
 	// An ES384 signature is refused even with the right key material family.
 	k384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	if _, err := v.Check(signClaims(t, k384, jose.ES384, cases[0].c), testReq, now); err == nil {
+	if _, err := v.Check(signClaims(t, k384, jose.ES384, cases[0].c), testReq, nil, now); err == nil {
 		t.Fatal("ES384 token accepted")
 	}
 	// "alg":"none" style tokens cannot parse.
-	if _, err := v.Check("eyJhbGciOiJub25lIn0.eyJzdWIiOiJvcCJ9.", testReq, now); err == nil {
+	if _, err := v.Check("eyJhbGciOiJub25lIn0.eyJzdWIiOiJvcCJ9.", testReq, nil, now); err == nil {
 		t.Fatal("unsigned token accepted")
 	}
-	// A token without the request binding is refused.
-	if _, err := v.Check(signAdmin(t, k, jose.ES256, adminClaims{Claims: cases[0].c}), testReq, now); err == nil {
+	// A token without the request or the body binding is refused.
+	if _, err := v.Check(signAdmin(t, k, jose.ES256, adminClaims{Claims: cases[0].c, Body: BodyBinding(nil)}), testReq, nil, now); err == nil {
 		t.Fatal("token without a request binding accepted")
+	}
+	if _, err := v.Check(signAdmin(t, k, jose.ES256, adminClaims{Claims: cases[0].c, Request: testReq}), testReq, nil, now); err == nil {
+		t.Fatal("token without a body binding accepted")
 	}
 }
 

@@ -277,6 +277,9 @@ func sweepLoop(ctx context.Context, s *Server, log *slog.Logger) {
 			} else if n > 0 {
 				log.Debug("kbs swept sessions", "count", n)
 			}
+			if _, err := s.sweepAdminTokenIDs(ctx); err != nil {
+				log.Warn("kbs admin token id sweep failed", "err", err)
+			}
 		}
 	}
 }

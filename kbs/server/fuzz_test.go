@@ -26,7 +26,7 @@ func FuzzTokens(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		_, _, _ = ts.Check(s, now)
-		_, _ = av.Check(s, "GET /kbs/v0/admin/audit", now)
+		_, _ = av.Check(s, "GET /kbs/v0/admin/audit", nil, now)
 	})
 }
 

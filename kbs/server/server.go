@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -591,15 +592,54 @@ func (s *Server) adminOnly(h adminHandler) func(http.ResponseWriter, *http.Reque
 		if !ok {
 			return refuse("no bearer token")
 		}
-		sub, err := s.admin.Check(strings.TrimSpace(tok), RequestBinding(r.Method, r.URL.Path), s.now())
+		// The token binds the body's digest, so the body is read first
+		// (bounded by MaxBytesReader) and handed to the handler from memory.
+		body, st := readBody(w, r)
+		if st != 0 {
+			return st
+		}
+		grant, err := s.admin.Check(strings.TrimSpace(tok), RequestBinding(r.Method, r.URL.Path), body, s.now())
 		if err != nil {
 			return refuse(err.Error())
 		}
+		if err := s.useAdminTokenID(r.Context(), grant); err != nil {
+			if errors.Is(err, errTokenReused) {
+				return refuse(err.Error())
+			}
+			return storeFailed(w, s, err)
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		sub := grant.Subject
 		if sub == "" {
 			sub = "admin"
 		}
 		return h(w, r, sub)
 	}
+}
+
+var errTokenReused = errors.New("admin token already used")
+
+// useAdminTokenID records a grant's token id in the store (shared by all
+// replicas) until the token can no longer be valid, and fails with
+// errTokenReused if it is already there: each admin token works once.
+func (s *Server) useAdminTokenID(ctx context.Context, g AdminGrant) error {
+	return s.store.Update(ctx, bucketAdminJTI, g.ID, func(old []byte) ([]byte, error) {
+		if old != nil {
+			return nil, errTokenReused
+		}
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], uint64(g.Until.Unix()))
+		return v[:], nil
+	})
+}
+
+// sweepAdminTokenIDs forgets token ids whose tokens have expired (they are
+// refused as expired from then on).
+func (s *Server) sweepAdminTokenIDs(ctx context.Context) (int, error) {
+	now := s.now().Unix()
+	return s.store.Sweep(ctx, bucketAdminJTI, func(v []byte) bool {
+		return len(v) != 8 || int64(binary.BigEndian.Uint64(v)) < now
+	})
 }
 
 func (s *Server) adminAudit(r *http.Request, subject, what, target string) {

@@ -290,7 +290,7 @@ func TestOversizedBody(t *testing.T) {
 	cookie, _ := e.auth("snp")
 	st, b, _ = e.raw("POST", "/kbs/v0/attest", big, cookieHdr(cookie))
 	assertDenied(t, st, b, 413, nil)
-	tok, _ := e.signer.Token("op", "PUT /kbs/v0/resource/a/b/c", time.Now())
+	tok, _ := e.signer.Token("op", "PUT /kbs/v0/resource/a/b/c", []byte(strings.Repeat("y", 8192)), time.Now())
 	st, b, _ = e.raw("PUT", "/kbs/v0/resource/a/b/c", strings.Repeat("y", 8192), map[string]string{"Authorization": "Bearer " + tok})
 	assertDenied(t, st, b, 413, nil)
 }
@@ -299,12 +299,14 @@ func TestAdminAuth(t *testing.T) {
 	e := newEnv(t, fakeFixture(), envOptions{})
 	other := newEnv(t, fakeFixture(), envOptions{}) // a different admin key
 	const put = "PUT /kbs/v0/resource/a/b/c"
-	good, _ := e.signer.Token("op", put, e.clock.Now())
-	wrongKey, _ := other.signer.Token("op", put, e.clock.Now())
-	expired, _ := e.signer.Token("op", put, e.clock.Now().Add(-10*time.Minute))
-	future, _ := e.signer.Token("op", put, e.clock.Now().Add(10*time.Minute))
-	otherCall, _ := e.signer.Token("op", "GET /kbs/v0/admin/workloads", e.clock.Now())
-	otherPath, _ := e.signer.Token("op", "PUT /kbs/v0/resource/a/b/d", e.clock.Now())
+	val := []byte("value")
+	good, _ := e.signer.Token("op", put, val, e.clock.Now())
+	wrongKey, _ := other.signer.Token("op", put, val, e.clock.Now())
+	expired, _ := e.signer.Token("op", put, val, e.clock.Now().Add(-10*time.Minute))
+	future, _ := e.signer.Token("op", put, val, e.clock.Now().Add(10*time.Minute))
+	otherCall, _ := e.signer.Token("op", "GET /kbs/v0/admin/workloads", nil, e.clock.Now())
+	otherPath, _ := e.signer.Token("op", "PUT /kbs/v0/resource/a/b/d", val, e.clock.Now())
+	otherBody, _ := e.signer.Token("op", put, []byte("other"), e.clock.Now())
 	cases := []struct {
 		name, auth string
 		want       int
@@ -317,7 +319,9 @@ func TestAdminAuth(t *testing.T) {
 		{"issued in the future", "Bearer " + future, 401},
 		{"token for another call", "Bearer " + otherCall, 401},
 		{"token for another resource", "Bearer " + otherPath, 401},
+		{"token for another body", "Bearer " + otherBody, 401},
 		{"good", "Bearer " + good, 204},
+		{"good, used again", "Bearer " + good, 401},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -351,7 +355,7 @@ func TestAdminAuth(t *testing.T) {
 
 func TestAdminDisabledWithoutKey(t *testing.T) {
 	e := newEnv(t, fakeFixture(), envOptions{noAdmin: true})
-	tok, _ := e.signer.Token("op", "PUT /kbs/v0/resource/a/b/c", time.Now())
+	tok, _ := e.signer.Token("op", "PUT /kbs/v0/resource/a/b/c", []byte("value"), time.Now())
 	st, b, _ := e.raw("PUT", "/kbs/v0/resource/a/b/c", "value", map[string]string{"Authorization": "Bearer " + tok})
 	assertDenied(t, st, b, 401, nil)
 }
@@ -369,13 +373,14 @@ func TestAdminCRUD(t *testing.T) {
 		t.Fatal("invalid workload accepted client-side")
 	}
 	st, b, _ := e.raw("PUT", "/kbs/v0/admin/workload/bad", `{"id":"bad","tee":"snp","measurements":["00"],"resources":["r/t/a"]}`,
-		map[string]string{"Authorization": "Bearer " + mustToken(t, e, "PUT /kbs/v0/admin/workload/bad")})
+		map[string]string{"Authorization": "Bearer " + mustToken(t, e, "PUT /kbs/v0/admin/workload/bad", `{"id":"bad","tee":"snp","measurements":["00"],"resources":["r/t/a"]}`)})
 	if st != 400 {
 		t.Fatalf("invalid workload: %d %s", st, b)
 	}
 	// A misspelt field is an error, not a silently skipped check.
-	st, b, _ = e.raw("PUT", "/kbs/v0/admin/workload/typo", `{"id":"typo","tee":"snp","measurements":["`+strings.Repeat("00", 48)+`"],"resources":["r/t/a"],"host_date":"00"}`,
-		map[string]string{"Authorization": "Bearer " + mustToken(t, e, "PUT /kbs/v0/admin/workload/typo")})
+	typo := `{"id":"typo","tee":"snp","measurements":["` + strings.Repeat("00", 48) + `"],"resources":["r/t/a"],"host_date":"00"}`
+	st, b, _ = e.raw("PUT", "/kbs/v0/admin/workload/typo", typo,
+		map[string]string{"Authorization": "Bearer " + mustToken(t, e, "PUT /kbs/v0/admin/workload/typo", typo)})
 	if st != 400 || !strings.Contains(string(b), "host_date") {
 		t.Fatalf("unknown field: %d %s", st, b)
 	}
@@ -405,8 +410,8 @@ func TestAdminCRUD(t *testing.T) {
 	}
 }
 
-func mustToken(t *testing.T, e *env, request string) string {
-	tok, err := e.signer.Token("op", request, e.clock.Now())
+func mustToken(t *testing.T, e *env, request, body string) string {
+	tok, err := e.signer.Token("op", request, []byte(body), e.clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,8 @@ const (
 	bucketResources = "resources"
 	bucketWorkloads = "workloads"
 	bucketMeta      = "meta"
+	// bucketAdminJTI holds the ids of used admin tokens until they expire.
+	bucketAdminJTI = "admin-jti"
 )
 
 // ErrNotFound is returned by Store.Get for a missing key.

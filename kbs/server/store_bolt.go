@@ -47,7 +47,7 @@ func OpenBoltStore(path string) (*BoltStore, error) {
 		return nil, fmt.Errorf("kbs: bolt store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range []string{bucketResources, bucketWorkloads, bucketMeta, bucketAudit} {
+		for _, b := range []string{bucketResources, bucketWorkloads, bucketMeta, bucketAudit, bucketAdminJTI} {
 			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
 				return err
 			}
