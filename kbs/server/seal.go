@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -26,9 +30,25 @@ const (
 
 // Sealer encrypts secrets at rest with AES-256-GCM; the additional data binds
 // each ciphertext to its bucket and key so values cannot be swapped in the store.
+// It also authenticates records that are stored in the clear (sessions,
+// workloads) with HMAC-SHA256 under a key derived from the KEK, so that a
+// database writer without the KEK cannot forge or alter them.
 type Sealer struct {
-	aead cipher.AEAD
+	aead   cipher.AEAD
+	macKey []byte
 }
+
+// Authenticated record layout: version byte, HMAC-SHA256 tag, value.
+const (
+	recordVersion = 0xa1
+	recordTagLen  = sha256.Size
+	recordHdrLen  = 1 + recordTagLen
+	recordMACInfo = "krun-tee-kbs record mac v1"
+)
+
+// ErrUnauthenticated marks a stored record whose MAC does not verify: it was
+// written without the KEK (a database writer) or under another bucket/key.
+var ErrUnauthenticated = errors.New("kbs: record not authenticated by this KBS (written without the key-encryption key?)")
 
 // NewSealer builds a Sealer from a 32-byte key-encryption key.
 func NewSealer(kek []byte) (*Sealer, error) {
@@ -43,7 +63,49 @@ func NewSealer(kek []byte) (*Sealer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kbs: kek: %w", err)
 	}
-	return &Sealer{aead: g}, nil
+	mk, err := hkdf.Key(sha256.New, kek, nil, recordMACInfo, sha256.Size)
+	if err != nil {
+		return nil, fmt.Errorf("kbs: kek: %w", err)
+	}
+	return &Sealer{aead: g, macKey: mk}, nil
+}
+
+// recordTag is the MAC of value stored under bucket/key; the lengths make
+// the encoding unambiguous.
+func (s *Sealer) recordTag(bucket, key string, value []byte) []byte {
+	m := hmac.New(sha256.New, s.macKey)
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(bucket)))
+	m.Write(n[:])
+	m.Write([]byte(bucket))
+	binary.BigEndian.PutUint64(n[:], uint64(len(key)))
+	m.Write(n[:])
+	m.Write([]byte(key))
+	m.Write(value)
+	return m.Sum(nil)
+}
+
+// Authenticate returns value as stored under bucket/key: prefixed with a
+// version byte and its MAC.
+func (s *Sealer) Authenticate(bucket, key string, value []byte) []byte {
+	out := make([]byte, 0, recordHdrLen+len(value))
+	out = append(out, recordVersion)
+	out = append(out, s.recordTag(bucket, key, value)...)
+	return append(out, value...)
+}
+
+// Verify checks a record read from bucket/key and returns its value; a
+// record not written by Authenticate with this KEK under this very
+// bucket/key fails with ErrUnauthenticated.
+func (s *Sealer) Verify(bucket, key string, stored []byte) ([]byte, error) {
+	if len(stored) < recordHdrLen || stored[0] != recordVersion {
+		return nil, fmt.Errorf("%w: %s/%s: no record MAC", ErrUnauthenticated, bucket, truncate(key, 64))
+	}
+	value := stored[recordHdrLen:]
+	if !hmac.Equal(stored[1:recordHdrLen], s.recordTag(bucket, key, value)) {
+		return nil, fmt.Errorf("%w: %s/%s: MAC mismatch", ErrUnauthenticated, bucket, truncate(key, 64))
+	}
+	return value, nil
 }
 
 // ParseKEK accepts 32 raw bytes or 64 hex characters (surrounding whitespace ignored).

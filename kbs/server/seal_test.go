@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -69,5 +70,29 @@ func TestLoadKEK(t *testing.T) {
 	os.WriteFile(hexFile, []byte("short"), 0o600)
 	if _, err := LoadKEK(hexFile, ""); err == nil {
 		t.Fatal("bad KEK file accepted")
+	}
+}
+
+func TestRecordMAC(t *testing.T) {
+	kek := bytes.Repeat([]byte{7}, KEKSize)
+	s, _ := NewSealer(kek)
+	rec := s.Authenticate(bucketWorkloads, "w1", []byte(`{"id":"w1"}`))
+	if v, err := s.Verify(bucketWorkloads, "w1", rec); err != nil || string(v) != `{"id":"w1"}` {
+		t.Fatalf("%q %v", v, err)
+	}
+	other, _ := NewSealer(bytes.Repeat([]byte{8}, KEKSize))
+	flipped := append([]byte(nil), rec...)
+	flipped[len(flipped)-2] ^= 1
+	for name, f := range map[string]func() ([]byte, error){
+		"other key":    func() ([]byte, error) { return s.Verify(bucketWorkloads, "w2", rec) },
+		"other bucket": func() ([]byte, error) { return s.Verify(bucketSessions, "w1", rec) },
+		"other kek":    func() ([]byte, error) { return other.Verify(bucketWorkloads, "w1", rec) },
+		"tampered":     func() ([]byte, error) { return s.Verify(bucketWorkloads, "w1", flipped) },
+		"plain json":   func() ([]byte, error) { return s.Verify(bucketWorkloads, "w1", []byte(`{"id":"w1"}`)) },
+		"empty":        func() ([]byte, error) { return s.Verify(bucketWorkloads, "w1", nil) },
+	} {
+		if _, err := f(); !errors.Is(err, ErrUnauthenticated) {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }

@@ -249,7 +249,7 @@ func (s *Server) handleAuth(w http.ResponseWriter, r *http.Request) int {
 	now := s.now()
 	sess := session{ID: newSessionID(), TEE: req.TEE, Nonce: base64.StdEncoding.EncodeToString(nonce[:]),
 		State: stateAuthed, Created: now, Expires: now.Add(s.lifetime)}
-	v, _ := json.Marshal(sess)
+	v := s.encodeSession(&sess)
 	if err := s.store.Put(r.Context(), bucketSessions, sess.ID, v); err != nil {
 		if errors.Is(err, ErrTooManySessions) {
 			// Sweep now rather than wait for the next tick, then retry once.
@@ -354,7 +354,7 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) int {
 	}
 	sess.State, sess.Token, sess.Claims, sess.TEEPubKey = stateAttested, token, claims, att.RuntimeData.TEEPubKey
 	sess.Expires = now.Add(TokenLifetime)
-	v, _ := json.Marshal(sess)
+	v := s.encodeSession(&sess)
 	if err := s.store.Put(r.Context(), bucketSessions, sid, v); err != nil {
 		s.log.Error("kbs session store failed", "err", err)
 		writeProblem(w, http.StatusServiceUnavailable, kindInternal, "session store unavailable")
@@ -379,8 +379,9 @@ func (s *Server) consumeNonce(ctx context.Context, sid, nonce string, now time.T
 		if old == nil {
 			return nil, errors.New("unknown session")
 		}
-		if err := json.Unmarshal(old, &sess); err != nil {
-			return nil, fmt.Errorf("corrupt session: %w", err)
+		var err error
+		if sess, err = s.decodeSession(sid, old); err != nil {
+			return nil, err
 		}
 		if !now.Before(sess.Expires) {
 			return nil, errors.New("session expired")
@@ -392,9 +393,32 @@ func (s *Server) consumeNonce(ctx context.Context, sid, nonce string, now time.T
 			return nil, errors.New("nonce does not match the session's challenge")
 		}
 		sess.State = stateConsumed
-		return json.Marshal(sess)
+		return s.encodeSession(&sess), nil
 	})
 	return sess, err
+}
+
+// encodeSession is a session as stored: JSON authenticated under the KEK,
+// so that a database writer cannot mint or alter one.
+func (s *Server) encodeSession(sess *session) []byte {
+	v, _ := json.Marshal(sess)
+	return s.sealer.Authenticate(bucketSessions, sess.ID, v)
+}
+
+// decodeSession verifies and parses the session stored under id.
+func (s *Server) decodeSession(id string, stored []byte) (session, error) {
+	var sess session
+	v, err := s.sealer.Verify(bucketSessions, id, stored)
+	if err != nil {
+		return sess, err
+	}
+	if err := json.Unmarshal(v, &sess); err != nil {
+		return sess, fmt.Errorf("corrupt session: %w", err)
+	}
+	if sess.ID != id {
+		return sess, fmt.Errorf("corrupt session: stored as %s, names %s", id, truncate(sess.ID, 64))
+	}
+	return sess, nil
 }
 
 // registeredMeasurements collects every measurement registered for tee.
@@ -437,13 +461,32 @@ func (s *Server) workloads(ctx context.Context) ([]*Workload, error) {
 		if err != nil {
 			return nil, err
 		}
-		var w Workload
-		if err := json.Unmarshal(v, &w); err != nil {
-			return nil, fmt.Errorf("workload %s: %w", id, err)
+		w, err := s.decodeWorkload(id, v)
+		if err != nil {
+			// A record this KBS did not write (a database writer without
+			// the KEK) grants nothing; the others keep working.
+			s.log.Error("kbs workload record refused", "workload", truncate(id, 128), "err", err)
+			continue
 		}
-		out = append(out, &w)
+		out = append(out, w)
 	}
 	return out, nil
+}
+
+// decodeWorkload verifies and parses the workload stored under id.
+func (s *Server) decodeWorkload(id string, stored []byte) (*Workload, error) {
+	v, err := s.sealer.Verify(bucketWorkloads, id, stored)
+	if err != nil {
+		return nil, err
+	}
+	var w Workload
+	if err := json.Unmarshal(v, &w); err != nil {
+		return nil, fmt.Errorf("workload %s: %w", truncate(id, 128), err)
+	}
+	if w.ID != id {
+		return nil, fmt.Errorf("workload stored as %s names %s", truncate(id, 128), truncate(w.ID, 128))
+	}
+	return &w, nil
 }
 
 // resourceDenied is the one answer for every refused resource request, so a
@@ -474,9 +517,9 @@ func (s *Server) attestedCaller(r *http.Request) (claims *Claims, key *kbs.TEEPu
 	if err != nil {
 		return nil, nil, sid, fmt.Errorf("session: %w", err)
 	}
-	var sess session
-	if err := json.Unmarshal(v, &sess); err != nil {
-		return nil, nil, sid, fmt.Errorf("corrupt session: %w", err)
+	sess, err := s.decodeSession(sid, v)
+	if err != nil {
+		return nil, nil, sid, err
 	}
 	if sess.State != stateAttested || sess.Claims == nil {
 		return nil, nil, sid, errors.New("session not attested")
@@ -724,7 +767,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request, sub stri
 	}
 	wl.Updated = s.now().UTC()
 	v, _ := json.Marshal(wl)
-	if err := s.store.Put(r.Context(), bucketWorkloads, wl.ID, v); err != nil {
+	if err := s.store.Put(r.Context(), bucketWorkloads, wl.ID, s.sealer.Authenticate(bucketWorkloads, wl.ID, v)); err != nil {
 		return storeFailed(w, s, err)
 	}
 	s.adminAudit(r, sub, "register workload", wl.ID)
@@ -798,11 +841,19 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request, _ string) i
 func (s *Server) SweepSessions(ctx context.Context) (int, error) {
 	now := s.now()
 	return s.store.Sweep(ctx, bucketSessions, func(v []byte) bool {
-		var sess session
-		if json.Unmarshal(v, &sess) != nil {
+		// The record names its id; one that does not verify under it is
+		// not ours and goes too.
+		if len(v) < recordHdrLen {
 			return true
 		}
-		return !now.Before(sess.Expires)
+		var hdr struct {
+			ID string `json:"id"`
+		}
+		if json.Unmarshal(v[recordHdrLen:], &hdr) != nil {
+			return true
+		}
+		sess, err := s.decodeSession(hdr.ID, v)
+		return err != nil || !now.Before(sess.Expires)
 	})
 }
 
