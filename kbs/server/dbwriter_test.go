@@ -26,7 +26,7 @@ func forgeSession(t *testing.T, st Store, meas []byte) (cookie string, key *kbs.
 		Claims:    &Claims{TEE: "snp", Measurement: hex.EncodeToString(meas), TCB: []int{3, 0, 14, 209}, Emulated: true},
 		TEEPubKey: key.PublicJWK()}
 	v, _ := json.Marshal(sess)
-	if err := st.Put(context.Background(), bucketSessions, sess.ID, v); err != nil {
+	if _, err := st.Insert(context.Background(), bucketSessions, sess.ID, v, sess.Expires); err != nil {
 		t.Fatal(err)
 	}
 	return sess.ID, key

@@ -34,8 +34,9 @@ const (
 // workloads) with HMAC-SHA256 under a key derived from the KEK, so that a
 // database writer without the KEK cannot forge or alter them.
 type Sealer struct {
-	aead   cipher.AEAD
-	macKey []byte
+	aead    cipher.AEAD
+	macKey  []byte
+	chalKey []byte
 }
 
 // Authenticated record layout: version byte, HMAC-SHA256 tag, value.
@@ -44,6 +45,7 @@ const (
 	recordTagLen  = sha256.Size
 	recordHdrLen  = 1 + recordTagLen
 	recordMACInfo = "krun-tee-kbs record mac v1"
+	challengeInfo = "krun-tee-kbs challenge mac v1"
 )
 
 // ErrUnauthenticated marks a stored record whose MAC does not verify: it was
@@ -67,7 +69,19 @@ func NewSealer(kek []byte) (*Sealer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kbs: kek: %w", err)
 	}
-	return &Sealer{aead: g, macKey: mk}, nil
+	ck, err := hkdf.Key(sha256.New, kek, nil, challengeInfo, sha256.Size)
+	if err != nil {
+		return nil, fmt.Errorf("kbs: kek: %w", err)
+	}
+	return &Sealer{aead: g, macKey: mk, chalKey: ck}, nil
+}
+
+// challengeTag is the MAC of a stateless challenge (see Server.challenge)
+// under a key derived from the KEK, so every replica can check it.
+func (s *Sealer) challengeTag(data []byte) []byte {
+	m := hmac.New(sha256.New, s.chalKey)
+	m.Write(data)
+	return m.Sum(nil)
 }
 
 // recordTag is the MAC of value stored under bucket/key; the lengths make

@@ -3,7 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
+	"crypto/hmac"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -28,12 +28,12 @@ const DefaultSessionLifetime = 5 * time.Minute
 
 // Session states.
 const (
-	stateAuthed   = "authed"   // challenge issued
-	stateConsumed = "consumed" // nonce used by an attest call being verified or refused
 	stateAttested = "attested" // verified; token issued
 )
 
-// session is the per-guest protocol state, stored so any replica can continue it.
+// session is an attested guest's state, stored so any replica can serve its
+// resource requests. Before attestation there is no state: the challenge
+// nonce authenticates itself (Server.challenge).
 type session struct {
 	ID        string          `json:"id"`
 	TEE       string          `json:"tee"`
@@ -241,28 +241,11 @@ func (s *Server) handleAuth(w http.ResponseWriter, r *http.Request) int {
 		writeProblem(w, http.StatusUnauthorized, kindAttestationFailed, err.Error())
 		return http.StatusUnauthorized
 	}
-	var nonce [kbs.NonceSize]byte
-	if _, err := rand.Read(nonce[:]); err != nil {
-		writeProblem(w, http.StatusInternalServerError, kindInternal, "")
-		return http.StatusInternalServerError
-	}
+	// The challenge is stateless: nothing is stored until an attestation
+	// verifies, so a flood of /auth costs no memory and no rows.
 	now := s.now()
-	sess := session{ID: newSessionID(), TEE: req.TEE, Nonce: base64.StdEncoding.EncodeToString(nonce[:]),
-		State: stateAuthed, Created: now, Expires: now.Add(s.lifetime)}
-	v := s.encodeSession(&sess)
-	if err := s.store.Put(r.Context(), bucketSessions, sess.ID, v); err != nil {
-		if errors.Is(err, ErrTooManySessions) {
-			// Sweep now rather than wait for the next tick, then retry once.
-			if n, _ := s.SweepSessions(r.Context()); n > 0 {
-				err = s.store.Put(r.Context(), bucketSessions, sess.ID, v)
-			}
-		}
-		if err != nil {
-			s.log.Error("kbs session store failed", "err", err)
-			writeProblem(w, http.StatusServiceUnavailable, kindInternal, "session store unavailable")
-			return http.StatusServiceUnavailable
-		}
-	}
+	sess := session{ID: newSessionID(), TEE: req.TEE, Expires: now.Add(s.lifetime)}
+	sess.Nonce = s.challenge(sess.ID, req.TEE, sess.Expires)
 	http.SetCookie(w, &http.Cookie{Name: kbs.SessionCookie, Value: sess.ID, Path: "/kbs/v0", Expires: sess.Expires,
 		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
 	return writeJSON(w, http.StatusOK, kbs.Challenge{Nonce: sess.Nonce, ExtraParams: ""})
@@ -310,16 +293,11 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) int {
 		return s.refuseAttest(w, r, sid, attestFailure{"bad_request", err.Error()}, "", "")
 	}
 	now := s.now()
-	// Consume the nonce first, atomically: whatever the verification outcome,
-	// this challenge can never be answered again.
-	sess, err := s.consumeNonce(r.Context(), sid, att.RuntimeData.Nonce, now)
+	tee, chalExpires, err := s.checkChallenge(sid, att.RuntimeData.Nonce, now)
 	if err != nil {
-		class := "session"
-		if errors.Is(err, errNonceUsed) {
-			class = "nonce_reused"
-		}
-		return s.refuseAttest(w, r, sid, attestFailure{class, err.Error()}, sess.TEE, "")
+		return s.refuseAttest(w, r, sid, attestFailure{"session", err.Error()}, "", "")
 	}
+	sess := session{ID: sid, TEE: tee, Nonce: att.RuntimeData.Nonce}
 	rd, err := bindReportData(att.RuntimeData.Nonce, att.RuntimeData.TEEPubKey, att.TEEEvidence.AdditionalEvidence)
 	if err != nil {
 		return s.refuseAttest(w, r, sid, attestFailure{"bad_request", err.Error()}, sess.TEE, "")
@@ -353,12 +331,17 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) int {
 		return http.StatusInternalServerError
 	}
 	sess.State, sess.Token, sess.Claims, sess.TEEPubKey = stateAttested, token, claims, att.RuntimeData.TEEPubKey
-	sess.Expires = now.Add(TokenLifetime)
-	v := s.encodeSession(&sess)
-	if err := s.store.Put(r.Context(), bucketSessions, sid, v); err != nil {
+	sess.Created, sess.Expires = now, now.Add(TokenLifetime)
+	// The row is the challenge's one use: it stays at least as long as the
+	// challenge could be answered, and a second answer finds it there.
+	stored, err := s.store.Insert(r.Context(), bucketSessions, sid, s.encodeSession(&sess), later(sess.Expires, chalExpires))
+	if err != nil {
 		s.log.Error("kbs session store failed", "err", err)
 		writeProblem(w, http.StatusServiceUnavailable, kindInternal, "session store unavailable")
 		return http.StatusServiceUnavailable
+	}
+	if !stored {
+		return s.refuseAttest(w, r, sid, attestFailure{"nonce_reused", errNonceUsed.Error()}, sess.TEE, claims.Measurement)
 	}
 	s.metrics.attestation("ok")
 	s.log.Info("kbs attestation verified", "remote", r.RemoteAddr, "session", sid, "tee", claims.TEE,
@@ -369,33 +352,63 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) int {
 	return writeJSON(w, http.StatusOK, kbs.TokenResponse{Token: token})
 }
 
-// consumeNonce marks session sid's challenge as answered by nonce, in one
-// store update, and returns the session. It fails (and the session stays
-// unusable) when the session is unknown, expired, already answered or was
-// challenged with another nonce; errNonceUsed marks a replay.
-func (s *Server) consumeNonce(ctx context.Context, sid, nonce string, now time.Time) (session, error) {
-	var sess session
-	err := s.store.Update(ctx, bucketSessions, sid, func(old []byte) ([]byte, error) {
-		if old == nil {
-			return nil, errors.New("unknown session")
+// Stateless challenge layout (kbs.NonceSize = 32 bytes): TEE code, expiry
+// (unix seconds, big-endian), then a truncated MAC over the session id and
+// the first nine bytes.
+const (
+	chalTEEOff    = 0
+	chalExpOff    = 1
+	chalTagOff    = 9
+	chalTagDomain = "krun-tee-kbs auth challenge"
+)
+
+var teeCodes = map[string]byte{kbs.TEESNP: 1, kbs.TEETDX: 2}
+
+// challenge returns the nonce for session sid: it names the TEE and the
+// expiry and is authenticated under the KEK, so any replica can check an
+// answer to it without having stored anything.
+func (s *Server) challenge(sid, tee string, expires time.Time) string {
+	var n [kbs.NonceSize]byte
+	n[chalTEEOff] = teeCodes[tee]
+	binary.BigEndian.PutUint64(n[chalExpOff:chalTagOff], uint64(expires.Unix()))
+	copy(n[chalTagOff:], s.challengeTag(sid, n[:chalTagOff]))
+	return base64.StdEncoding.EncodeToString(n[:])
+}
+
+func (s *Server) challengeTag(sid string, hdr []byte) []byte {
+	data := make([]byte, 0, len(chalTagDomain)+len(sid)+len(hdr))
+	data = append(append(append(data, chalTagDomain...), sid...), hdr...)
+	return s.sealer.challengeTag(data)[:kbs.NonceSize-chalTagOff]
+}
+
+// checkChallenge verifies that nonce is the challenge issued to session sid
+// and still fresh, and returns its TEE and expiry.
+func (s *Server) checkChallenge(sid, nonce string, now time.Time) (string, time.Time, error) {
+	n, err := base64.StdEncoding.DecodeString(nonce)
+	if err != nil || len(n) != kbs.NonceSize || !hmac.Equal(n[chalTagOff:], s.challengeTag(sid, n[:chalTagOff])) {
+		return "", time.Time{}, errors.New("nonce does not match the session's challenge")
+	}
+	tee := ""
+	for name, code := range teeCodes {
+		if code == n[chalTEEOff] {
+			tee = name
 		}
-		var err error
-		if sess, err = s.decodeSession(sid, old); err != nil {
-			return nil, err
-		}
-		if !now.Before(sess.Expires) {
-			return nil, errors.New("session expired")
-		}
-		if sess.State != stateAuthed {
-			return nil, errNonceUsed
-		}
-		if nonce != sess.Nonce {
-			return nil, errors.New("nonce does not match the session's challenge")
-		}
-		sess.State = stateConsumed
-		return s.encodeSession(&sess), nil
-	})
-	return sess, err
+	}
+	if tee == "" {
+		return "", time.Time{}, errors.New("nonce does not match the session's challenge")
+	}
+	expires := time.Unix(int64(binary.BigEndian.Uint64(n[chalExpOff:chalTagOff])), 0)
+	if !now.Before(expires) {
+		return "", time.Time{}, errors.New("session expired")
+	}
+	return tee, expires, nil
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // encodeSession is a session as stored: JSON authenticated under the KEK,
@@ -666,23 +679,20 @@ var errTokenReused = errors.New("admin token already used")
 // replicas) until the token can no longer be valid, and fails with
 // errTokenReused if it is already there: each admin token works once.
 func (s *Server) useAdminTokenID(ctx context.Context, g AdminGrant) error {
-	return s.store.Update(ctx, bucketAdminJTI, g.ID, func(old []byte) ([]byte, error) {
-		if old != nil {
-			return nil, errTokenReused
-		}
-		var v [8]byte
-		binary.BigEndian.PutUint64(v[:], uint64(g.Until.Unix()))
-		return v[:], nil
-	})
+	stored, err := s.store.Insert(ctx, bucketAdminJTI, g.ID, []byte{}, g.Until)
+	if err != nil {
+		return err
+	}
+	if !stored {
+		return errTokenReused
+	}
+	return nil
 }
 
 // sweepAdminTokenIDs forgets token ids whose tokens have expired (they are
 // refused as expired from then on).
 func (s *Server) sweepAdminTokenIDs(ctx context.Context) (int, error) {
-	now := s.now().Unix()
-	return s.store.Sweep(ctx, bucketAdminJTI, func(v []byte) bool {
-		return len(v) != 8 || int64(binary.BigEndian.Uint64(v)) < now
-	})
+	return s.store.SweepExpired(ctx, bucketAdminJTI, s.now())
 }
 
 func (s *Server) adminAudit(r *http.Request, subject, what, target string) {
@@ -839,22 +849,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request, _ string) i
 
 // SweepSessions deletes expired sessions; Run calls it every minute.
 func (s *Server) SweepSessions(ctx context.Context) (int, error) {
-	now := s.now()
-	return s.store.Sweep(ctx, bucketSessions, func(v []byte) bool {
-		// The record names its id; one that does not verify under it is
-		// not ours and goes too.
-		if len(v) < recordHdrLen {
-			return true
-		}
-		var hdr struct {
-			ID string `json:"id"`
-		}
-		if json.Unmarshal(v[recordHdrLen:], &hdr) != nil {
-			return true
-		}
-		sess, err := s.decodeSession(hdr.ID, v)
-		return err != nil || !now.Before(sess.Expires)
-	})
+	return s.store.SweepExpired(ctx, bucketSessions, s.now())
 }
 
 // truncate shortens attacker-controlled strings before they go into errors,

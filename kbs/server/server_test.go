@@ -115,7 +115,12 @@ func TestReplayedNonce(t *testing.T) {
 	})
 }
 
-func TestFailedAttestationConsumesNonce(t *testing.T) {
+// TestFailedAttestationLeavesNoState: challenges are stateless and free,
+// so a refused attestation stores nothing, and one sent by whoever saw a
+// guest's cookie and nonce (junk evidence) cannot spoil the guest's own
+// answer. Each challenge is still answered successfully at most once
+// (TestNonceReplay).
+func TestFailedAttestationLeavesNoState(t *testing.T) {
 	fx := fakeFixture()
 	e := newEnv(t, fx, envOptions{})
 	meas := randMeas()
@@ -124,7 +129,13 @@ func TestFailedAttestationConsumesNonce(t *testing.T) {
 	bad, _ := attestBody(t, fx.provider(t, randMeas()), nonce)
 	st, b, _ := e.raw("POST", "/kbs/v0/attest", bad, cookieHdr(cookie))
 	assertDenied(t, st, b, 401, nil)
+	if keys, _ := e.store.List(context.Background(), bucketSessions); len(keys) != 0 {
+		t.Fatalf("refused attestation stored %v", keys)
+	}
 	good, _ := attestBody(t, fx.provider(t, meas), nonce)
+	if st, b, _ = e.raw("POST", "/kbs/v0/attest", good, cookieHdr(cookie)); st != 200 {
+		t.Fatalf("the guest's own answer: %d %s", st, b)
+	}
 	st, b, _ = e.raw("POST", "/kbs/v0/attest", good, cookieHdr(cookie))
 	assertDenied(t, st, b, 401, nil)
 }
@@ -142,6 +153,14 @@ func TestExpiredSession(t *testing.T) {
 		if !e.auditHas(AuditRefuse, "session expired") {
 			t.Fatal("expiry not audited")
 		}
+		// An attested session lives TokenLifetime, then the sweep removes it.
+		cookie, _, _ = e.attestRaw(fx.provider(t, meas), fx.tee)
+		if n, err := e.srv.SweepSessions(context.Background()); err != nil || n != 0 {
+			t.Fatalf("sweep of a live session: %d %v", n, err)
+		}
+		e.clock.Advance(TokenLifetime + time.Second)
+		st, b, _ = e.raw("GET", "/kbs/v0/resource/r/t/tag", "", cookieHdr(cookie))
+		assertDenied(t, st, b, 401, nil)
 		n, err := e.srv.SweepSessions(context.Background())
 		if err != nil || n != 1 {
 			t.Fatalf("sweep: %d %v", n, err)

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"bytes"
+	"container/heap"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -18,19 +20,32 @@ const bucketAudit = "audit"
 // BoltStore is the embedded store: one bbolt file, fsync on every commit.
 // Sessions (five-minute, single-use protocol state) are kept in memory
 // instead: they need no durability (a restarted KBS just makes guests
-// authenticate again) and writing them would cost three fsyncs per flow.
+// attest again) and writing them would cost an fsync per flow. Used admin
+// token ids are kept on disk with an expiry index, so a restart does not
+// make a used token usable again.
 type BoltStore struct {
 	db *bolt.DB
 
 	mu          sync.Mutex
-	sessions    map[string][]byte
+	sessions    map[string]memEntry
+	expiry      expiryHeap
 	maxSessions int
 }
 
-// maxMemSessions caps live in-memory sessions so a flood of auth requests
-// cannot exhaust memory; at the cap, new sessions are refused until old ones
-// expire (sessions last five minutes).
+// memEntry is an in-memory session and its expiry.
+type memEntry struct {
+	value   []byte
+	expires time.Time
+}
+
+// maxMemSessions caps live in-memory sessions; at the cap, new sessions are
+// refused until old ones expire. Only successful attestations create
+// sessions (challenges are stateless), so only genuine TEEs can fill it.
 const maxMemSessions = 1 << 17
+
+// sweepBatch bounds the entries one lock hold or one transaction expires,
+// so a sweep never blocks requests for long.
+const sweepBatch = 1024
 
 // ErrTooManySessions is returned when the session table is full.
 var ErrTooManySessions = errors.New("kbs: too many live sessions")
@@ -38,6 +53,10 @@ var ErrTooManySessions = errors.New("kbs: too many live sessions")
 // auditBatchDelay bounds how long an audit append waits to share an fsync
 // with concurrent appends.
 const auditBatchDelay = time.Millisecond
+
+// expiryIndexSuffix names the bolt bucket indexing an expiring bucket by
+// expiry: keys are 8-byte big-endian unix nanoseconds followed by the key.
+const expiryIndexSuffix = ".expiry"
 
 // OpenBoltStore opens (creating if needed) the bbolt file at path. The file is
 // locked, so a second server on the same file fails fast instead of corrupting it.
@@ -47,7 +66,7 @@ func OpenBoltStore(path string) (*BoltStore, error) {
 		return nil, fmt.Errorf("kbs: bolt store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range []string{bucketResources, bucketWorkloads, bucketMeta, bucketAudit, bucketAdminJTI} {
+		for _, b := range []string{bucketResources, bucketWorkloads, bucketMeta, bucketAudit, bucketAdminJTI, bucketAdminJTI + expiryIndexSuffix} {
 			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
 				return err
 			}
@@ -59,7 +78,7 @@ func OpenBoltStore(path string) (*BoltStore, error) {
 		return nil, fmt.Errorf("kbs: bolt store %s: %w", path, err)
 	}
 	db.MaxBatchDelay = auditBatchDelay
-	return &BoltStore{db: db, sessions: map[string][]byte{}, maxSessions: maxMemSessions}, nil
+	return &BoltStore{db: db, sessions: map[string]memEntry{}, maxSessions: maxMemSessions}, nil
 }
 
 func bucketOf(tx *bolt.Tx, name string) (*bolt.Bucket, error) {
@@ -70,16 +89,20 @@ func bucketOf(tx *bolt.Tx, name string) (*bolt.Bucket, error) {
 	return b, nil
 }
 
+func errExpiring(op, bucket string) error {
+	return fmt.Errorf("kbs: store: %s on expiring bucket %q (use Insert)", op, bucket)
+}
+
 // Get implements Store.
 func (s *BoltStore) Get(_ context.Context, bucket, key string) ([]byte, error) {
 	if bucket == bucketSessions {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		v, ok := s.sessions[key]
+		e, ok := s.sessions[key]
 		if !ok {
 			return nil, ErrNotFound
 		}
-		return append([]byte(nil), v...), nil
+		return append([]byte(nil), e.value...), nil
 	}
 	var out []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -91,6 +114,12 @@ func (s *BoltStore) Get(_ context.Context, bucket, key string) ([]byte, error) {
 		if v == nil {
 			return ErrNotFound
 		}
+		if expiringBucket(bucket) { // stored behind its 8-byte expiry
+			if len(v) < 8 {
+				return fmt.Errorf("kbs: bolt store: %s/%s: short entry", bucket, key)
+			}
+			v = v[8:]
+		}
 		out = append([]byte(nil), v...)
 		return nil
 	})
@@ -99,14 +128,8 @@ func (s *BoltStore) Get(_ context.Context, bucket, key string) ([]byte, error) {
 
 // Put implements Store.
 func (s *BoltStore) Put(_ context.Context, bucket, key string, value []byte) error {
-	if bucket == bucketSessions {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if _, exists := s.sessions[key]; !exists && len(s.sessions) >= s.maxSessions {
-			return ErrTooManySessions
-		}
-		s.sessions[key] = append([]byte(nil), value...)
-		return nil
+	if expiringBucket(bucket) {
+		return errExpiring("put", bucket)
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b, err := bucketOf(tx, bucket)
@@ -117,13 +140,61 @@ func (s *BoltStore) Put(_ context.Context, bucket, key string, value []byte) err
 	})
 }
 
+func expiryKey(expires time.Time, key string) []byte {
+	k := make([]byte, 8, 8+len(key))
+	binary.BigEndian.PutUint64(k, uint64(max(expires.UnixNano(), 0)))
+	return append(k, key...)
+}
+
+// Insert implements Store.
+func (s *BoltStore) Insert(_ context.Context, bucket, key string, value []byte, expires time.Time) (bool, error) {
+	if !expiringBucket(bucket) {
+		return false, fmt.Errorf("kbs: store: insert on plain bucket %q", bucket)
+	}
+	if bucket == bucketSessions {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if _, exists := s.sessions[key]; exists {
+			return false, nil
+		}
+		if len(s.sessions) >= s.maxSessions {
+			return false, ErrTooManySessions
+		}
+		s.sessions[key] = memEntry{value: append([]byte(nil), value...), expires: expires}
+		heap.Push(&s.expiry, expiryItem{expires: expires, key: key})
+		return true, nil
+	}
+	stored := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b, err := bucketOf(tx, bucket)
+		if err != nil {
+			return err
+		}
+		idx, err := bucketOf(tx, bucket+expiryIndexSuffix)
+		if err != nil {
+			return err
+		}
+		if b.Get([]byte(key)) != nil {
+			return nil
+		}
+		var e [8]byte
+		binary.BigEndian.PutUint64(e[:], uint64(max(expires.UnixNano(), 0)))
+		if err := b.Put([]byte(key), append(e[:], value...)); err != nil {
+			return err
+		}
+		stored = true
+		return idx.Put(expiryKey(expires, key), nil)
+	})
+	return stored, err
+}
+
 // Delete implements Store.
 func (s *BoltStore) Delete(_ context.Context, bucket, key string) (bool, error) {
 	if bucket == bucketSessions {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		_, ok := s.sessions[key]
-		delete(s.sessions, key)
+		delete(s.sessions, key) // its heap item goes at its expiry
 		return ok, nil
 	}
 	existed := false
@@ -132,7 +203,18 @@ func (s *BoltStore) Delete(_ context.Context, bucket, key string) (bool, error) 
 		if err != nil {
 			return err
 		}
-		existed = b.Get([]byte(key)) != nil
+		v := b.Get([]byte(key))
+		existed = v != nil
+		if existed && expiringBucket(bucket) && len(v) >= 8 {
+			idx, err := bucketOf(tx, bucket+expiryIndexSuffix)
+			if err != nil {
+				return err
+			}
+			k := append(append([]byte(nil), v[:8]...), key...)
+			if err := idx.Delete(k); err != nil {
+				return err
+			}
+		}
 		return b.Delete([]byte(key))
 	})
 	return existed, err
@@ -166,23 +248,8 @@ func (s *BoltStore) List(_ context.Context, bucket string) ([]string, error) {
 
 // Update implements Store; bbolt serialises writers, so fn runs once.
 func (s *BoltStore) Update(_ context.Context, bucket, key string, fn func(old []byte) ([]byte, error)) error {
-	if bucket == bucketSessions {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		var old []byte
-		if v, ok := s.sessions[key]; ok {
-			old = append([]byte(nil), v...)
-		}
-		nv, err := fn(old)
-		if err != nil {
-			return err
-		}
-		if nv == nil {
-			delete(s.sessions, key)
-		} else {
-			s.sessions[key] = nv
-		}
-		return nil
+	if expiringBucket(bucket) {
+		return errExpiring("update", bucket)
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b, err := bucketOf(tx, bucket)
@@ -204,44 +271,96 @@ func (s *BoltStore) Update(_ context.Context, bucket, key string, fn func(old []
 	})
 }
 
-// Sweep implements Store.
-func (s *BoltStore) Sweep(_ context.Context, bucket string, expired func([]byte) bool) (int, error) {
+// SweepExpired implements Store: sessions by their in-memory expiry heap,
+// the others by their on-disk expiry index, a batch per lock hold or
+// transaction.
+func (s *BoltStore) SweepExpired(_ context.Context, bucket string, now time.Time) (int, error) {
+	if !expiringBucket(bucket) {
+		return 0, fmt.Errorf("kbs: store: sweep on plain bucket %q", bucket)
+	}
 	if bucket == bucketSessions {
-		s.mu.Lock()
-		defer s.mu.Unlock()
 		n := 0
-		for k, v := range s.sessions {
-			if expired(v) {
-				delete(s.sessions, k)
-				n++
+		for {
+			done, m := s.sweepSessionBatch(now)
+			n += m
+			if done {
+				return n, nil
 			}
 		}
-		return n, nil
 	}
 	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b, err := bucketOf(tx, bucket)
-		if err != nil {
-			return err
-		}
-		var dead [][]byte
-		if err := b.ForEach(func(k, v []byte) error {
-			if expired(v) {
-				dead = append(dead, append([]byte(nil), k...))
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		for _, k := range dead {
-			if err := b.Delete(k); err != nil {
+	for {
+		m := 0
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			b, err := bucketOf(tx, bucket)
+			if err != nil {
 				return err
 			}
+			idx, err := bucketOf(tx, bucket+expiryIndexSuffix)
+			if err != nil {
+				return err
+			}
+			limit := expiryKey(now, "")
+			var dead [][]byte
+			c := idx.Cursor()
+			for k, _ := c.First(); k != nil && len(dead) < sweepBatch && bytes.Compare(k[:8], limit) < 0; k, _ = c.Next() {
+				dead = append(dead, append([]byte(nil), k...))
+			}
+			for _, k := range dead {
+				if err := idx.Delete(k); err != nil {
+					return err
+				}
+				if err := b.Delete(k[8:]); err != nil {
+					return err
+				}
+			}
+			m = len(dead)
+			return nil
+		})
+		n += m
+		if err != nil || m < sweepBatch {
+			return n, err
 		}
-		n = len(dead)
-		return nil
-	})
-	return n, err
+	}
+}
+
+// sweepSessionBatch expires up to sweepBatch sessions under the lock and
+// reports whether none are left to expire.
+func (s *BoltStore) sweepSessionBatch(now time.Time) (done bool, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := 0; i < sweepBatch; i++ {
+		if s.expiry.Len() == 0 || !s.expiry[0].expires.Before(now) {
+			return true, n
+		}
+		it := heap.Pop(&s.expiry).(expiryItem)
+		// The key may have been deleted (and even re-inserted) since.
+		if e, ok := s.sessions[it.key]; ok && e.expires.Equal(it.expires) {
+			delete(s.sessions, it.key)
+			n++
+		}
+	}
+	return false, n
+}
+
+// expiryItem is one session's place in the expiry heap.
+type expiryItem struct {
+	expires time.Time
+	key     string
+}
+
+// expiryHeap is a min-heap of sessions by expiry (container/heap).
+type expiryHeap []expiryItem
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].expires.Before(h[j].expires) }
+func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(expiryItem)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return it
 }
 
 // AppendAudit implements Store. Concurrent appends share one commit (bbolt

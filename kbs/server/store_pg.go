@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -22,6 +23,14 @@ CREATE TABLE IF NOT EXISTS kbs_kv (
 	value  bytea NOT NULL,
 	PRIMARY KEY (bucket, key)
 );
+CREATE TABLE IF NOT EXISTS kbs_expiring (
+	bucket  text        NOT NULL,
+	key     text        NOT NULL,
+	value   bytea       NOT NULL,
+	expires timestamptz NOT NULL,
+	PRIMARY KEY (bucket, key)
+);
+CREATE INDEX IF NOT EXISTS kbs_expiring_by_expiry ON kbs_expiring (bucket, expires);
 CREATE TABLE IF NOT EXISTS kbs_audit (
 	id    bigserial   PRIMARY KEY,
 	at    timestamptz NOT NULL,
@@ -59,10 +68,18 @@ func OpenPostgresStore(ctx context.Context, dsn string) (*PostgresStore, error) 
 	return &PostgresStore{pool: pool}, nil
 }
 
+// table is where bucket's entries live.
+func table(bucket string) string {
+	if expiringBucket(bucket) {
+		return "kbs_expiring"
+	}
+	return "kbs_kv"
+}
+
 // Get implements Store.
 func (s *PostgresStore) Get(ctx context.Context, bucket, key string) ([]byte, error) {
 	var v []byte
-	err := s.pool.QueryRow(ctx, "SELECT value FROM kbs_kv WHERE bucket=$1 AND key=$2", bucket, key).Scan(&v)
+	err := s.pool.QueryRow(ctx, "SELECT value FROM "+table(bucket)+" WHERE bucket=$1 AND key=$2", bucket, key).Scan(&v)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -74,6 +91,9 @@ func (s *PostgresStore) Get(ctx context.Context, bucket, key string) ([]byte, er
 
 // Put implements Store.
 func (s *PostgresStore) Put(ctx context.Context, bucket, key string, value []byte) error {
+	if expiringBucket(bucket) {
+		return errExpiring("put", bucket)
+	}
 	_, err := s.pool.Exec(ctx, `INSERT INTO kbs_kv (bucket, key, value) VALUES ($1,$2,$3)
 		ON CONFLICT (bucket, key) DO UPDATE SET value = EXCLUDED.value`, bucket, key, value)
 	if err != nil {
@@ -84,7 +104,7 @@ func (s *PostgresStore) Put(ctx context.Context, bucket, key string, value []byt
 
 // Delete implements Store.
 func (s *PostgresStore) Delete(ctx context.Context, bucket, key string) (bool, error) {
-	tag, err := s.pool.Exec(ctx, "DELETE FROM kbs_kv WHERE bucket=$1 AND key=$2", bucket, key)
+	tag, err := s.pool.Exec(ctx, "DELETE FROM "+table(bucket)+" WHERE bucket=$1 AND key=$2", bucket, key)
 	if err != nil {
 		return false, fmt.Errorf("kbs: postgres delete %s/%s: %w", bucket, key, err)
 	}
@@ -93,7 +113,7 @@ func (s *PostgresStore) Delete(ctx context.Context, bucket, key string) (bool, e
 
 // List implements Store.
 func (s *PostgresStore) List(ctx context.Context, bucket string) ([]string, error) {
-	rows, err := s.pool.Query(ctx, "SELECT key FROM kbs_kv WHERE bucket=$1 ORDER BY key", bucket)
+	rows, err := s.pool.Query(ctx, "SELECT key FROM "+table(bucket)+" WHERE bucket=$1 ORDER BY key", bucket)
 	if err != nil {
 		return nil, fmt.Errorf("kbs: postgres list %s: %w", bucket, err)
 	}
@@ -111,6 +131,9 @@ var errRetryInsert = errors.New("concurrent insert")
 // exist yet and two replicas insert it at once, the loser re-runs fn on the
 // winner's value.
 func (s *PostgresStore) Update(ctx context.Context, bucket, key string, fn func(old []byte) ([]byte, error)) error {
+	if expiringBucket(bucket) {
+		return errExpiring("update", bucket)
+	}
 	for attempt := 0; attempt < 5; attempt++ {
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 			var old []byte
@@ -146,32 +169,28 @@ func (s *PostgresStore) Update(ctx context.Context, bucket, key string, fn func(
 	return fmt.Errorf("kbs: postgres update %s/%s: too much contention", bucket, key)
 }
 
-// Sweep implements Store.
-func (s *PostgresStore) Sweep(ctx context.Context, bucket string, expired func([]byte) bool) (int, error) {
-	rows, err := s.pool.Query(ctx, "SELECT key, value FROM kbs_kv WHERE bucket=$1", bucket)
+// Insert implements Store: one INSERT ... ON CONFLICT DO NOTHING, so two
+// replicas racing for a key cannot both win.
+func (s *PostgresStore) Insert(ctx context.Context, bucket, key string, value []byte, expires time.Time) (bool, error) {
+	if !expiringBucket(bucket) {
+		return false, fmt.Errorf("kbs: store: insert on plain bucket %q", bucket)
+	}
+	tag, err := s.pool.Exec(ctx, `INSERT INTO kbs_expiring (bucket, key, value, expires) VALUES ($1,$2,$3,$4)
+		ON CONFLICT (bucket, key) DO NOTHING`, bucket, key, value, expires)
 	if err != nil {
-		return 0, fmt.Errorf("kbs: postgres sweep %s: %w", bucket, err)
+		return false, fmt.Errorf("kbs: postgres insert %s/%s: %w", bucket, key, err)
 	}
-	var dead []string
-	for rows.Next() {
-		var k string
-		var v []byte
-		if err := rows.Scan(&k, &v); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("kbs: postgres sweep %s: %w", bucket, err)
-		}
-		if expired(v) {
-			dead = append(dead, k)
-		}
+	return tag.RowsAffected() == 1, nil
+}
+
+// SweepExpired implements Store with one indexed DELETE: it reads no rows
+// into the replica, and a row is judged by the expiry stored with it, so it
+// cannot delete an entry written after the sweep began.
+func (s *PostgresStore) SweepExpired(ctx context.Context, bucket string, now time.Time) (int, error) {
+	if !expiringBucket(bucket) {
+		return 0, fmt.Errorf("kbs: store: sweep on plain bucket %q", bucket)
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("kbs: postgres sweep %s: %w", bucket, err)
-	}
-	if len(dead) == 0 {
-		return 0, nil
-	}
-	tag, err := s.pool.Exec(ctx, "DELETE FROM kbs_kv WHERE bucket=$1 AND key = ANY($2)", bucket, dead)
+	tag, err := s.pool.Exec(ctx, "DELETE FROM kbs_expiring WHERE bucket=$1 AND expires < $2", bucket, now)
 	if err != nil {
 		return 0, fmt.Errorf("kbs: postgres sweep %s: %w", bucket, err)
 	}

@@ -82,16 +82,40 @@ func testStoreConformance(t *testing.T, st Store) {
 	if v, _ := st.Get(ctx, bucketMeta, "counter"); string(v) != strconv.Itoa(workers*per) {
 		t.Fatalf("counter %q, want %d", v, workers*per)
 	}
-	// Sweep.
-	for i := 0; i < 5; i++ {
-		st.Put(ctx, bucketSessions, "s"+strconv.Itoa(i), []byte(strconv.Itoa(i)))
-	}
-	n, err := st.Sweep(ctx, bucketSessions, func(v []byte) bool { i, _ := strconv.Atoi(string(v)); return i%2 == 0 })
-	if err != nil || n != 3 {
-		t.Fatalf("sweep: %d %v", n, err)
-	}
-	if keys, _ := st.List(ctx, bucketSessions); fmt.Sprint(keys) != "[s1 s3]" {
-		t.Fatalf("after sweep: %v", keys)
+	// Expiring buckets: insert-if-absent, swept by expiry only.
+	base := time.Unix(1_900_000_000, 0)
+	for _, b := range []string{bucketSessions, bucketAdminJTI} {
+		for i := 0; i < 5; i++ {
+			ok, err := st.Insert(ctx, b, "s"+strconv.Itoa(i), []byte(strconv.Itoa(i)), base.Add(time.Duration(i)*time.Minute))
+			if err != nil || !ok {
+				t.Fatalf("%s insert %d: %v %v", b, i, ok, err)
+			}
+		}
+		if ok, err := st.Insert(ctx, b, "s1", []byte("again"), base.Add(time.Hour)); ok || err != nil {
+			t.Fatalf("%s second insert: %v %v", b, ok, err)
+		}
+		if v, err := st.Get(ctx, b, "s1"); err != nil || string(v) != "1" {
+			t.Fatalf("%s get: %q %v", b, v, err)
+		}
+		if err := st.Put(ctx, b, "x", []byte("x")); err == nil {
+			t.Fatalf("%s: put accepted on an expiring bucket", b)
+		}
+		n, err := st.SweepExpired(ctx, b, base.Add(2*time.Minute+time.Second))
+		if err != nil || n != 3 {
+			t.Fatalf("%s sweep: %d %v", b, n, err)
+		}
+		if keys, _ := st.List(ctx, b); fmt.Sprint(keys) != "[s3 s4]" {
+			t.Fatalf("%s after sweep: %v", b, keys)
+		}
+		if ok, err := st.Delete(ctx, b, "s3"); !ok || err != nil {
+			t.Fatalf("%s delete: %v %v", b, ok, err)
+		}
+		if n, err := st.SweepExpired(ctx, b, base.Add(time.Hour)); err != nil || n != 1 {
+			t.Fatalf("%s final sweep: %d %v", b, n, err)
+		}
+		if keys, _ := st.List(ctx, b); len(keys) != 0 {
+			t.Fatalf("%s after final sweep: %v", b, keys)
+		}
 	}
 	// Audit: ids increase, paging works.
 	for i := 0; i < 5; i++ {
@@ -151,15 +175,22 @@ func TestBoltSessionCap(t *testing.T) {
 	defer st.Close()
 	st.maxSessions = 3
 	ctx := context.Background()
+	exp := time.Now().Add(time.Minute)
 	for i := 0; i < 3; i++ {
-		if err := st.Put(ctx, bucketSessions, strconv.Itoa(i), []byte("x")); err != nil {
+		if _, err := st.Insert(ctx, bucketSessions, strconv.Itoa(i), []byte("x"), exp); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := st.Put(ctx, bucketSessions, "3", []byte("x")); !errors.Is(err, ErrTooManySessions) {
+	if _, err := st.Insert(ctx, bucketSessions, "3", []byte("x"), exp); !errors.Is(err, ErrTooManySessions) {
 		t.Fatalf("over the cap: %v", err)
 	}
-	if err := st.Put(ctx, bucketSessions, "1", []byte("y")); err != nil {
-		t.Fatalf("overwrite at the cap: %v", err)
+	if ok, err := st.Insert(ctx, bucketSessions, "1", []byte("y"), exp); ok || err != nil {
+		t.Fatalf("existing key at the cap: %v %v", ok, err)
+	}
+	if n, _ := st.SweepExpired(ctx, bucketSessions, exp.Add(time.Second)); n != 3 {
+		t.Fatalf("swept %d", n)
+	}
+	if _, err := st.Insert(ctx, bucketSessions, "3", []byte("x"), exp); err != nil {
+		t.Fatalf("after the sweep: %v", err)
 	}
 }
