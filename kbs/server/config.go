@@ -32,6 +32,7 @@ import (
 //	  "token_key_file": "",                       // optional PKCS#8 PEM; default: shared key in the store
 //	  "emulated_roots": [],                       // emulated root dirs to trust (CI/dev only)
 //	  "session_lifetime": "5m",
+//	  "audit_retention": "2160h",                  // audit entries older than this are deleted (default 90 days)
 //	  "max_body_bytes": 1048576
 //	}
 type Config struct {
@@ -45,6 +46,7 @@ type Config struct {
 	TokenKeyFile    string      `json:"token_key_file,omitempty"`
 	EmulatedRoots   []string    `json:"emulated_roots,omitempty"`
 	SessionLifetime Duration    `json:"session_lifetime,omitempty"`
+	AuditRetention  Duration    `json:"audit_retention,omitempty"`
 	MaxBodyBytes    int64       `json:"max_body_bytes,omitempty"`
 }
 
@@ -118,6 +120,9 @@ func (c *Config) Validate() error {
 	if c.KEKFile == "" && c.KEKEnv == "" {
 		return errors.New("kek_file or kek_env is required (secrets are encrypted at rest)")
 	}
+	if c.AuditRetention < 0 || (c.AuditRetention > 0 && time.Duration(c.AuditRetention) < time.Hour) {
+		return errors.New("audit_retention: want at least 1h (0: the default, 90 days)")
+	}
 	if c.MaxBodyBytes < 0 || c.MaxBodyBytes > 16<<20 {
 		return errors.New("max_body_bytes: want 0..16777216")
 	}
@@ -183,7 +188,11 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, ready func(addr net
 	if ready != nil {
 		ready(ln.Addr())
 	}
-	go sweepLoop(ctx, srv, log)
+	retention := time.Duration(cfg.AuditRetention)
+	if retention == 0 {
+		retention = DefaultAuditRetention
+	}
+	go sweepLoop(ctx, srv, log, retention)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	select {
@@ -264,7 +273,12 @@ func (c *Config) listen(srv *Server, log *slog.Logger) (net.Listener, *http.Serv
 	return tls.NewListener(ln, hs.TLSConfig), hs, nil
 }
 
-func sweepLoop(ctx context.Context, s *Server, log *slog.Logger) {
+// DefaultAuditRetention is how long audit entries are kept by default.
+const DefaultAuditRetention = 90 * 24 * time.Hour
+
+// sweepLoop expires sessions and used admin token ids and prunes the audit
+// log past its retention, every minute.
+func sweepLoop(ctx context.Context, s *Server, log *slog.Logger, retention time.Duration) {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {
@@ -279,6 +293,11 @@ func sweepLoop(ctx context.Context, s *Server, log *slog.Logger) {
 			}
 			if _, err := s.sweepAdminTokenIDs(ctx); err != nil {
 				log.Warn("kbs admin token id sweep failed", "err", err)
+			}
+			if n, err := s.store.PruneAudit(ctx, s.now().Add(-retention)); err != nil {
+				log.Warn("kbs audit prune failed", "err", err)
+			} else if n > 0 {
+				log.Info("kbs pruned audit entries past retention", "count", n, "retention", retention.String())
 			}
 		}
 	}

@@ -75,3 +75,47 @@ func TestChallengeTamper(t *testing.T) {
 		t.Fatal("challenge accepted by a KBS with another KEK")
 	}
 }
+
+// TestJunkRequestsBoundAudit is the audit-log flood: every refused junk
+// request (no session, bad admin token, resource without attestation)
+// used to cost a durable audit row and a log line.
+func TestJunkRequestsBoundAudit(t *testing.T) {
+	e := newEnv(t, fakeFixture(), envOptions{})
+	h := e.srv.Handler()
+	const junk = 1500
+	start := time.Now()
+	for i := 0; i < junk; i++ {
+		var req *http.Request
+		switch i % 3 {
+		case 0:
+			req = httptest.NewRequest("POST", "/kbs/v0/attest", strings.NewReader(`{}`))
+		case 1:
+			req = httptest.NewRequest("GET", "/kbs/v0/resource/a/b/c", nil)
+		default:
+			req = httptest.NewRequest("GET", "/kbs/v0/admin/workloads", nil)
+			req.Header.Set("Authorization", "Bearer x.y.z")
+		}
+		req.RemoteAddr = "192.0.2.66:4000"
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusUnauthorized && rec.Code != http.StatusTooManyRequests {
+			t.Fatalf("junk request %d: %d %s", i, rec.Code, rec.Body)
+		}
+	}
+	elapsed := time.Since(start)
+	entries, err := e.store.ListAudit(context.Background(), 0, maxAuditPage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := refusalBurst + int(elapsed.Seconds()*refusalRate) + 1
+	if len(entries) > limit {
+		t.Fatalf("%d audit rows for %d junk requests in %s (want at most %d)", len(entries), junk, elapsed, limit)
+	}
+	// The suppressed refusals are counted in the next recorded one.
+	time.Sleep(time.Second / refusalRate * 2)
+	st, b, _ := e.raw("POST", "/kbs/v0/attest", "{}", nil)
+	assertDenied(t, st, b, 401, nil)
+	if !e.auditHas(AuditRefuse, "similar refusals not recorded") {
+		t.Fatal("suppressed refusals not counted in the audit log")
+	}
+}

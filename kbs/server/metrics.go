@@ -26,6 +26,8 @@ type metrics struct {
 	outcomes  map[string]uint64
 	latencies map[string]*histogram
 	releases  uint64
+	// unrecordedRefusals counts refusals beyond the refusal rate.
+	unrecordedRefusals uint64
 }
 
 func newMetrics() *metrics {
@@ -64,6 +66,12 @@ func (m *metrics) release() {
 	m.mu.Unlock()
 }
 
+func (m *metrics) unrecorded() {
+	m.mu.Lock()
+	m.unrecordedRefusals++
+	m.mu.Unlock()
+}
+
 func sortedKeys[K comparable, V any](m map[K]V, less func(a, b K) bool) []K {
 	ks := make([]K, 0, len(m))
 	for k := range m {
@@ -91,6 +99,9 @@ func (m *metrics) write(w io.Writer) {
 	fmt.Fprintln(w, "# HELP kbs_resource_releases_total Resources released to attested guests.")
 	fmt.Fprintln(w, "# TYPE kbs_resource_releases_total counter")
 	fmt.Fprintf(w, "kbs_resource_releases_total %d\n", m.releases)
+	fmt.Fprintln(w, "# HELP kbs_refusals_unrecorded_total Refusals beyond the refusal rate, counted but not logged or audited.")
+	fmt.Fprintln(w, "# TYPE kbs_refusals_unrecorded_total counter")
+	fmt.Fprintf(w, "kbs_refusals_unrecorded_total %d\n", m.unrecordedRefusals)
 	fmt.Fprintln(w, "# HELP kbs_http_request_duration_seconds Request latency by route.")
 	fmt.Fprintln(w, "# TYPE kbs_http_request_duration_seconds histogram")
 	for _, route := range sortedKeys(m.latencies, func(a, b string) bool { return a < b }) {

@@ -77,6 +77,8 @@ type Server struct {
 	now      func() time.Time
 	metrics  *metrics
 	mux      *http.ServeMux
+	// refusals rate-limits the log lines and audit rows of refusals.
+	refusals *tokenBucket
 }
 
 const metaTokenKey = "token-key"
@@ -87,7 +89,8 @@ func NewServer(ctx context.Context, o ServerOptions) (*Server, error) {
 		return nil, errors.New("kbs: server needs a store, a sealer and a verifier")
 	}
 	s := &Server{store: o.Store, sealer: o.Sealer, verifier: o.Verifier, admin: o.Admin,
-		lifetime: o.SessionLifetime, maxBody: o.MaxBody, log: o.Logger, now: o.Now, metrics: newMetrics()}
+		lifetime: o.SessionLifetime, maxBody: o.MaxBody, log: o.Logger, now: o.Now, metrics: newMetrics(),
+		refusals: newTokenBucket(refusalRate, refusalBurst)}
 	if s.lifetime <= 0 {
 		s.lifetime = DefaultSessionLifetime
 	}
@@ -207,6 +210,24 @@ func (s *Server) audit(ctx context.Context, e AuditEntry) {
 	}
 }
 
+// refused records a refusal in the log (at level) and the audit store,
+// within the refusal rate; beyond it the refusal is only counted (metric
+// kbs_refusals_unrecorded_total) and the count is added to the next
+// recorded refusal.
+func (s *Server) refused(ctx context.Context, level slog.Level, msg string, e AuditEntry, attrs ...any) {
+	ok, skipped := s.refusals.take(time.Now())
+	if !ok {
+		s.metrics.unrecorded()
+		return
+	}
+	if skipped > 0 {
+		e.Reason += fmt.Sprintf(" (+%d similar refusals not recorded)", skipped)
+		attrs = append(attrs, "unrecorded_before", skipped)
+	}
+	s.log.Log(ctx, level, msg, attrs...)
+	s.audit(ctx, e)
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) int {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -237,7 +258,11 @@ func (s *Server) handleAuth(w http.ResponseWriter, r *http.Request) int {
 	req, err := kbs.ParseRequest(body)
 	if err != nil {
 		s.metrics.attestation("bad_auth_request")
-		s.log.Info("kbs auth refused", "remote", r.RemoteAddr, "err", err)
+		if ok, _ := s.refusals.take(time.Now()); ok {
+			s.log.Info("kbs auth refused", "remote", r.RemoteAddr, "err", err)
+		} else {
+			s.metrics.unrecorded()
+		}
 		writeProblem(w, http.StatusUnauthorized, kindAttestationFailed, err.Error())
 		return http.StatusUnauthorized
 	}
@@ -259,8 +284,9 @@ type attestFailure struct {
 
 func (s *Server) refuseAttest(w http.ResponseWriter, r *http.Request, sessID string, f attestFailure, tee, meas string) int {
 	s.metrics.attestation(f.class)
-	s.log.Info("kbs attestation refused", "remote", r.RemoteAddr, "session", sessID, "class", f.class, "reason", f.reason)
-	s.audit(r.Context(), AuditEntry{Event: AuditRefuse, Who: who(r, sessID), TEE: tee, Measurement: meas, Reason: "attest: " + f.reason})
+	s.refused(r.Context(), slog.LevelInfo, "kbs attestation refused",
+		AuditEntry{Event: AuditRefuse, Who: who(r, sessID), TEE: tee, Measurement: meas, Reason: "attest: " + f.reason},
+		"remote", r.RemoteAddr, "session", sessID, "class", f.class, "reason", f.reason)
 	writeProblem(w, http.StatusUnauthorized, kindAttestationFailed, "attestation failed")
 	return http.StatusUnauthorized
 }
@@ -551,13 +577,16 @@ func (s *Server) handleResource(w http.ResponseWriter, r *http.Request) int {
 	claims, key, sid, err := s.attestedCaller(r)
 	path := r.PathValue("path")
 	if err != nil {
-		s.audit(r.Context(), AuditEntry{Event: AuditRefuse, Who: who(r, sid), Resource: truncate(path, 200), Reason: "resource: " + err.Error()})
+		s.refused(r.Context(), slog.LevelInfo, "kbs resource refused",
+			AuditEntry{Event: AuditRefuse, Who: who(r, sid), Resource: truncate(path, 200), Reason: "resource: " + err.Error()},
+			"remote", r.RemoteAddr, "session", sid, "resource", truncate(path, 200), "reason", err.Error())
 		return resourceDenied(w)
 	}
 	refuse := func(reason, workload string) int {
-		s.log.Info("kbs resource refused", "remote", r.RemoteAddr, "session", sid, "resource", truncate(path, 200), "reason", reason)
-		s.audit(r.Context(), AuditEntry{Event: AuditRefuse, Who: who(r, sid), Resource: truncate(path, 200), Workload: workload,
-			TEE: claims.TEE, Measurement: claims.Measurement, Reason: "resource: " + reason})
+		s.refused(r.Context(), slog.LevelInfo, "kbs resource refused",
+			AuditEntry{Event: AuditRefuse, Who: who(r, sid), Resource: truncate(path, 200), Workload: workload,
+				TEE: claims.TEE, Measurement: claims.Measurement, Reason: "resource: " + reason},
+			"remote", r.RemoteAddr, "session", sid, "resource", truncate(path, 200), "reason", reason)
 		return resourceDenied(w)
 	}
 	canon, err := kbs.ParseResourcePath(path)
@@ -636,8 +665,9 @@ type adminHandler func(w http.ResponseWriter, r *http.Request, subject string) i
 func (s *Server) adminOnly(h adminHandler) func(http.ResponseWriter, *http.Request) int {
 	return func(w http.ResponseWriter, r *http.Request) int {
 		refuse := func(reason string) int {
-			s.log.Warn("kbs admin call refused", "remote", r.RemoteAddr, "method", r.Method, "path", truncate(r.URL.Path, 200), "reason", reason)
-			s.audit(r.Context(), AuditEntry{Event: AuditRefuse, Who: who(r, ""), Resource: truncate(r.Method+" "+r.URL.Path, 200), Reason: "admin: " + reason})
+			s.refused(r.Context(), slog.LevelWarn, "kbs admin call refused",
+				AuditEntry{Event: AuditRefuse, Who: who(r, ""), Resource: truncate(r.Method+" "+r.URL.Path, 200), Reason: "admin: " + reason},
+				"remote", r.RemoteAddr, "method", r.Method, "path", truncate(r.URL.Path, 200), "reason", reason)
 			writeProblem(w, http.StatusUnauthorized, kindUnauthorized, "admin authentication failed")
 			return http.StatusUnauthorized
 		}

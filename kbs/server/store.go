@@ -55,7 +55,12 @@ type Store interface {
 	// AppendAudit adds an entry; the store assigns ID.
 	AppendAudit(ctx context.Context, e AuditEntry) error
 	// ListAudit returns up to limit entries with ID > after, oldest first.
+	// IDs become visible in increasing order, so paging by the last ID seen
+	// never skips an entry committed late.
 	ListAudit(ctx context.Context, after int64, limit int) ([]AuditEntry, error)
+	// PruneAudit deletes entries older than before (retention), oldest
+	// first, and reports how many.
+	PruneAudit(ctx context.Context, before time.Time) (int, error)
 	// Close releases the store.
 	Close() error
 }

@@ -415,5 +415,40 @@ func (s *BoltStore) ListAudit(_ context.Context, after int64, limit int) ([]Audi
 	return out, err
 }
 
+// PruneAudit implements Store. Entries are in ID order, which is time
+// order up to clock steps; pruning stops at the first entry to keep.
+func (s *BoltStore) PruneAudit(_ context.Context, before time.Time) (int, error) {
+	n := 0
+	for {
+		m := 0
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			b, err := bucketOf(tx, bucketAudit)
+			if err != nil {
+				return err
+			}
+			var dead [][]byte
+			c := b.Cursor()
+			for k, v := c.First(); k != nil && len(dead) < sweepBatch; k, v = c.Next() {
+				var e AuditEntry
+				if err := json.Unmarshal(v, &e); err == nil && !e.Time.Before(before) {
+					break
+				}
+				dead = append(dead, append([]byte(nil), k...))
+			}
+			for _, k := range dead {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+			}
+			m = len(dead)
+			return nil
+		})
+		n += m
+		if err != nil || m < sweepBatch {
+			return n, err
+		}
+	}
+}
+
 // Close implements Store.
 func (s *BoltStore) Close() error { return s.db.Close() }

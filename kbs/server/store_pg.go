@@ -35,7 +35,17 @@ CREATE TABLE IF NOT EXISTS kbs_audit (
 	id    bigserial   PRIMARY KEY,
 	at    timestamptz NOT NULL,
 	entry jsonb       NOT NULL
-);`
+);
+CREATE INDEX IF NOT EXISTS kbs_audit_by_time ON kbs_audit (at);`
+
+// pgAuditLock is the advisory-lock id that serialises audit appends, so ids
+// commit in the order they are drawn.
+const pgAuditLock = 0x6b627361 // "kbsa"
+
+// pgAuditInsert appends one audit row ($1 time, $2 entry) under the audit
+// lock ($3).
+const pgAuditInsert = `WITH l AS (SELECT pg_advisory_xact_lock($3))
+	INSERT INTO kbs_audit (at, entry) SELECT $1, $2 FROM l`
 
 // PostgresStore keeps the KBS state in PostgreSQL so that several replicas
 // behind a load balancer share sessions, resources and the audit log.
@@ -204,7 +214,13 @@ func (s *PostgresStore) AppendAudit(ctx context.Context, e AuditEntry) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.pool.Exec(ctx, "INSERT INTO kbs_audit (at, entry) VALUES ($1, $2)", e.Time, v); err != nil {
+	// A bigserial id is drawn when the row is inserted but becomes visible
+	// at commit; two replicas appending at once could commit ids out of
+	// order, and a reader paging by "id > last seen" would skip the late
+	// one for ever. Taking a transaction-scoped lock before the id is drawn
+	// (the CTE runs before the INSERT evaluates its default) makes ids
+	// commit in order, in one round trip.
+	if _, err := s.pool.Exec(ctx, pgAuditInsert, e.Time, v, int64(pgAuditLock)); err != nil {
 		return fmt.Errorf("kbs: postgres audit: %w", err)
 	}
 	return nil
@@ -235,6 +251,15 @@ func (s *PostgresStore) ListAudit(ctx context.Context, after int64, limit int) (
 		out = append(out, e)
 	}
 	return out, rows.Err()
+}
+
+// PruneAudit implements Store.
+func (s *PostgresStore) PruneAudit(ctx context.Context, before time.Time) (int, error) {
+	tag, err := s.pool.Exec(ctx, "DELETE FROM kbs_audit WHERE at < $1", before)
+	if err != nil {
+		return 0, fmt.Errorf("kbs: postgres audit prune: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
 }
 
 // Close implements Store.

@@ -131,6 +131,17 @@ func testStoreConformance(t *testing.T, st Store) {
 	if err != nil || len(rest) != 3 || rest[0].Reason != "r2" {
 		t.Fatalf("audit page 2: %+v %v", rest, err)
 	}
+	// Retention: entries before the cut go, the rest stay.
+	cut := time.Now().UTC().Add(time.Hour)
+	if err := st.AppendAudit(ctx, AuditEntry{Time: cut.Add(time.Minute), Event: AuditRefuse, Reason: "late"}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := st.PruneAudit(ctx, cut); err != nil || n != 5 {
+		t.Fatalf("prune: %d %v", n, err)
+	}
+	if left, err := st.ListAudit(ctx, 0, 100); err != nil || len(left) != 1 || left[0].Reason != "late" {
+		t.Fatalf("after prune: %+v %v", left, err)
+	}
 	if _, err := st.Get(ctx, "no-such-bucket", "k"); err == nil {
 		t.Fatal("unknown bucket accepted")
 	}
