@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/krun-tee/krun-tee/attest"
@@ -9,9 +10,17 @@ import (
 
 // AttestVerifier is the production Verifier: attest.Verify against a fixed set
 // of roots (AMD/Intel, plus emulated roots only when configured), debug and
-// migration agents refused.
+// migration agents refused. Hardware (non-emulated) evidence must come with
+// verified collateral: for TDX the TCB info and QE identity (stored with the
+// root or fetched), for both the revocation lists, which need Fetcher and
+// CheckRevocations.
 type AttestVerifier struct {
 	Roots *attest.Roots
+	// Fetcher downloads (and caches) certificates, CRLs and collateral
+	// from AMD KDS and Intel PCS; nil keeps verification offline.
+	Fetcher *attest.Fetcher
+	// CheckRevocations checks the CRLs of the certificate chains.
+	CheckRevocations bool
 }
 
 // Verify implements Verifier.
@@ -20,15 +29,39 @@ func (v *AttestVerifier) Verify(_ context.Context, req *VerifyRequest) (*Claims,
 		return nil, fmt.Errorf("kbs: verifier has no roots")
 	}
 	c, err := attest.Verify(attest.TEE(req.TEE), req.Evidence, attest.Policy{
-		ReportData:   req.ReportData[:],
-		Measurements: req.Measurements,
-		Roots:        v.Roots,
-		Now:          req.Now,
+		ReportData:       req.ReportData[:],
+		Measurements:     req.Measurements,
+		Roots:            v.Roots,
+		Now:              req.Now,
+		Fetcher:          v.Fetcher,
+		CheckRevocations: v.CheckRevocations,
 	})
 	if err != nil {
 		return nil, err
 	}
-	return claimsFromAttest(c), nil
+	out := claimsFromAttest(c)
+	out.RevocationChecked = v.CheckRevocations
+	if err := requireCollateral(out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// requireCollateral refuses hardware evidence that was verified without
+// collateral: without revocation lists a revoked signing key or platform
+// passes, and for TDX without TCB info and QE identity an out-of-date or
+// revoked TCB or a foreign quoting enclave does.
+func requireCollateral(c *Claims) error {
+	if c.Emulated {
+		return nil
+	}
+	if c.TEE == string(attest.TDX) && !c.Collateral {
+		return errors.New("kbs: hardware tdx evidence verified without collateral (TCB info, QE identity): configure collateral fetching")
+	}
+	if !c.RevocationChecked {
+		return errors.New("kbs: hardware evidence verified without revocation checks: configure collateral fetching with check_revocations")
+	}
+	return nil
 }
 
 // claimsFromAttest flattens attest's claims to the fields the resource policy uses.
@@ -45,12 +78,16 @@ func claimsFromAttest(c *attest.Claims) *Claims {
 	switch c.TEE {
 	case attest.SNP:
 		out.TCB = []int{int(c.TCB.Bootloader), int(c.TCB.TEE), int(c.TCB.SNP), int(c.TCB.Microcode)}
+		if c.SNP != nil {
+			out.Signer, out.Policy, out.SMT, out.Firmware = c.SNP.Signer, c.SNP.Policy, c.SNP.SMT, c.SNP.Firmware
+		}
 	case attest.TDX:
 		for _, v := range c.TCB.TeeTcbSvn {
 			out.TCB = append(out.TCB, int(v))
 		}
 		if c.TDX != nil {
 			out.RTMRs = append([]string(nil), c.TDX.RTMRs[:]...)
+			out.Collateral = c.TDX.Collateral
 		}
 	}
 	return out

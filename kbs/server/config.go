@@ -31,23 +31,29 @@ import (
 //	  "admin_public_key": "/etc/krun-tee-kbs/admin.pub",  // omit: admin API refused
 //	  "token_key_file": "",                       // optional PKCS#8 PEM; default: shared key in the store
 //	  "emulated_roots": [],                       // emulated root dirs to trust (CI/dev only)
+//	  "trusted_roots": [],                        // root fingerprints to trust (default: all of the above)
+//	  "collateral": {"fetch": true, "check_revocations": true},  // needed for hardware evidence
 //	  "session_lifetime": "5m",
 //	  "audit_retention": "2160h",                  // audit entries older than this are deleted (default 90 days)
 //	  "max_body_bytes": 1048576
 //	}
 type Config struct {
-	Listen          string      `json:"listen"`
-	TLSCert         string      `json:"tls_cert,omitempty"`
-	TLSKey          string      `json:"tls_key,omitempty"`
-	Store           StoreConfig `json:"store"`
-	KEKFile         string      `json:"kek_file,omitempty"`
-	KEKEnv          string      `json:"kek_env,omitempty"`
-	AdminPublicKey  string      `json:"admin_public_key,omitempty"`
-	TokenKeyFile    string      `json:"token_key_file,omitempty"`
-	EmulatedRoots   []string    `json:"emulated_roots,omitempty"`
-	SessionLifetime Duration    `json:"session_lifetime,omitempty"`
-	AuditRetention  Duration    `json:"audit_retention,omitempty"`
-	MaxBodyBytes    int64       `json:"max_body_bytes,omitempty"`
+	Listen         string      `json:"listen"`
+	TLSCert        string      `json:"tls_cert,omitempty"`
+	TLSKey         string      `json:"tls_key,omitempty"`
+	Store          StoreConfig `json:"store"`
+	KEKFile        string      `json:"kek_file,omitempty"`
+	KEKEnv         string      `json:"kek_env,omitempty"`
+	AdminPublicKey string      `json:"admin_public_key,omitempty"`
+	TokenKeyFile   string      `json:"token_key_file,omitempty"`
+	EmulatedRoots  []string    `json:"emulated_roots,omitempty"`
+	// TrustedRoots restricts the roots (AMD ARKs, Intel roots, emulated
+	// roots) to those with these fingerprints (hex SHA-256 of the DER).
+	TrustedRoots    []string         `json:"trusted_roots,omitempty"`
+	Collateral      CollateralConfig `json:"collateral,omitzero"`
+	SessionLifetime Duration         `json:"session_lifetime,omitempty"`
+	AuditRetention  Duration         `json:"audit_retention,omitempty"`
+	MaxBodyBytes    int64            `json:"max_body_bytes,omitempty"`
 }
 
 // StoreConfig selects the storage backend.
@@ -56,6 +62,22 @@ type StoreConfig struct {
 	Path   string `json:"path,omitempty"`
 	DSN    string `json:"dsn,omitempty"`
 	DSNEnv string `json:"dsn_env,omitempty"`
+}
+
+// CollateralConfig says how the verifier gets collateral for hardware
+// evidence (certificates, CRLs, TDX TCB info and QE identity). Without
+// fetching and revocation checks, hardware evidence is refused; emulated
+// roots carry their own collateral.
+type CollateralConfig struct {
+	// Fetch downloads missing collateral from AMD KDS and Intel PCS,
+	// caching answers for TTL.
+	Fetch bool `json:"fetch,omitempty"`
+	// CheckRevocations checks the certificate revocation lists.
+	CheckRevocations bool `json:"check_revocations,omitempty"`
+	// Timeout bounds each download (default 20 s); TTL is how long an
+	// answer is reused (default 1 h).
+	Timeout Duration `json:"timeout,omitempty"`
+	TTL     Duration `json:"ttl,omitempty"`
 }
 
 // Duration is a time.Duration written as a Go duration string in JSON.
@@ -123,6 +145,12 @@ func (c *Config) Validate() error {
 	if c.AuditRetention < 0 || (c.AuditRetention > 0 && time.Duration(c.AuditRetention) < time.Hour) {
 		return errors.New("audit_retention: want at least 1h (0: the default, 90 days)")
 	}
+	if c.Collateral.CheckRevocations && !c.Collateral.Fetch {
+		return errors.New("collateral.check_revocations needs collateral.fetch (CRLs are downloaded)")
+	}
+	if c.Collateral.Timeout < 0 || c.Collateral.TTL < 0 {
+		return errors.New("collateral: timeout and ttl must not be negative")
+	}
 	if c.MaxBodyBytes < 0 || c.MaxBodyBytes > 16<<20 {
 		return errors.New("max_body_bytes: want 0..16777216")
 	}
@@ -155,6 +183,13 @@ func (c *Config) Roots(log *slog.Logger) (*attest.Roots, error) {
 		}
 		log.Warn("KBS TRUSTS AN EMULATED ROOT: evidence from a software TEE will verify; never do this in production", "dir", dir)
 		roots = roots.With(emu)
+	}
+	if len(c.TrustedRoots) > 0 {
+		only, err := roots.Only(c.TrustedRoots...)
+		if err != nil {
+			return nil, fmt.Errorf("kbs: trusted_roots: %w", err)
+		}
+		roots = only
 	}
 	return roots, nil
 }
@@ -226,7 +261,14 @@ func (c *Config) serverOptions(log *slog.Logger) (ServerOptions, error) {
 	if err != nil {
 		return ServerOptions{}, err
 	}
-	o := ServerOptions{Sealer: sealer, Verifier: &AttestVerifier{Roots: roots},
+	av := &AttestVerifier{Roots: roots, CheckRevocations: c.Collateral.CheckRevocations}
+	if c.Collateral.Fetch {
+		av.Fetcher = attest.NewFetcher(time.Duration(c.Collateral.Timeout))
+		av.Fetcher.TTL = time.Duration(c.Collateral.TTL)
+	} else {
+		log.Warn("kbs: collateral fetching off; hardware evidence will be refused (only emulated roots carry their own collateral)")
+	}
+	o := ServerOptions{Sealer: sealer, Verifier: av,
 		SessionLifetime: time.Duration(c.SessionLifetime), MaxBody: c.MaxBodyBytes, Logger: log}
 	if c.AdminPublicKey != "" {
 		if o.Admin, err = LoadAdminPublicKey(c.AdminPublicKey); err != nil {

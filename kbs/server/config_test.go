@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/krun-tee/krun-tee/attest"
 )
 
 func TestLoadConfig(t *testing.T) {
@@ -30,6 +32,8 @@ func TestLoadConfig(t *testing.T) {
 		"pg no dsn":     `{"listen":"x","store":{"type":"postgres"},"kek_env":"K"}`,
 		"half tls":      `{"listen":"x","store":{"type":"bolt","path":"p"},"kek_env":"K","tls_cert":"c"}`,
 		"bad duration":  `{"listen":"x","store":{"type":"bolt","path":"p"},"kek_env":"K","session_lifetime":"soon"}`,
+		"crl offline":   `{"listen":"x","store":{"type":"bolt","path":"p"},"kek_env":"K","collateral":{"check_revocations":true}}`,
+		"retention 1m":  `{"listen":"x","store":{"type":"bolt","path":"p"},"kek_env":"K","audit_retention":"1m"}`,
 	} {
 		if _, err := LoadConfig(write(body)); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -60,5 +64,24 @@ func TestDeployConfigs(t *testing.T) {
 	}
 	if c.Store.Type != "postgres" || c.Store.DSNEnv == "" || c.KEKEnv == "" {
 		t.Fatalf("k8s config: %+v", c)
+	}
+}
+
+func TestTrustedRoots(t *testing.T) {
+	all := attest.DefaultRoots().Info()
+	if len(all) < 2 {
+		t.Skip("fewer than two default roots")
+	}
+	c := &Config{TrustedRoots: []string{all[0].Fingerprint}}
+	r, err := c.Roots(testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Info(); len(got) != 1 || got[0].Fingerprint != all[0].Fingerprint {
+		t.Fatalf("trusted roots %+v", got)
+	}
+	c.TrustedRoots = []string{strings.Repeat("00", 32)}
+	if _, err := c.Roots(testLogger(t)); err == nil {
+		t.Fatal("an unknown fingerprint was accepted")
 	}
 }

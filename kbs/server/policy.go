@@ -4,12 +4,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/krun-tee/krun-tee/launchconfig"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/krun-tee/krun-tee/kbs"
+	"github.com/krun-tee/krun-tee/launchconfig"
 )
 
 // Workload holds the reference values registered for one workload and the
@@ -32,8 +33,32 @@ type Workload struct {
 	// AllowEmulated admits evidence from a trusted emulated root. Without it
 	// a workload only accepts hardware evidence even if the KBS trusts an
 	// emulated root.
-	AllowEmulated bool      `json:"allow_emulated,omitempty"`
-	Updated       time.Time `json:"updated"`
+	AllowEmulated bool `json:"allow_emulated,omitempty"`
+	// AnyRTMRs waives the RTMR check for hardware TDX evidence, which
+	// otherwise needs RTMRs registered (they measure the kernel, initrd and
+	// command line; MRTD alone does not).
+	AnyRTMRs bool `json:"any_rtmrs,omitempty"`
+	// Roots, when set, lists the fingerprints (hex SHA-256 of the DER) of
+	// the roots this workload trusts, a subset of those the KBS trusts.
+	Roots []string `json:"roots,omitempty"`
+	// SNP pins SEV-SNP guest policy and signing details.
+	SNP     *SNPRequirements `json:"snp,omitempty"`
+	Updated time.Time        `json:"updated"`
+}
+
+// SNPRequirements are what a careful operator pins for SEV-SNP beyond the
+// measurement: SMT, the signing key, the firmware ABI and guest policy bits.
+type SNPRequirements struct {
+	// ForbidSMT refuses guests whose policy allows SMT.
+	ForbidSMT bool `json:"forbid_smt,omitempty"`
+	// RequireVCEK refuses reports signed with a VLEK.
+	RequireVCEK bool `json:"require_vcek,omitempty"`
+	// MinABI is the minimum firmware ABI version "major.minor".
+	MinABI string `json:"min_abi,omitempty"`
+	// PolicyMask and PolicyValue (hex, up to 64 bits): the guest policy
+	// must satisfy policy & mask == value.
+	PolicyMask  string `json:"policy_mask,omitempty"`
+	PolicyValue string `json:"policy_value,omitempty"`
 }
 
 // measurement sizes by TEE (SNP MEASUREMENT and TDX MRTD/RTMR are SHA-384).
@@ -106,6 +131,27 @@ func (w *Workload) Validate() error {
 		}
 		w.HostData = c
 	}
+	if w.AnyRTMRs && w.TEE != kbs.TEETDX {
+		return fmt.Errorf("workload %s: any_rtmrs only applies to tdx", w.ID)
+	}
+	if w.AnyRTMRs && len(w.RTMRs) > 0 {
+		return fmt.Errorf("workload %s: any_rtmrs and rtmrs exclude each other", w.ID)
+	}
+	for i, r := range w.Roots {
+		c, err := canonHex(strings.ReplaceAll(r, ":", ""), 32)
+		if err != nil {
+			return fmt.Errorf("workload %s: root %d: %w", w.ID, i, err)
+		}
+		w.Roots[i] = c
+	}
+	if w.SNP != nil {
+		if w.TEE != kbs.TEESNP {
+			return fmt.Errorf("workload %s: snp requirements only apply to snp", w.ID)
+		}
+		if err := w.SNP.validate(); err != nil {
+			return fmt.Errorf("workload %s: snp: %w", w.ID, err)
+		}
+	}
 	if len(w.Resources) == 0 {
 		return fmt.Errorf("workload %s: at least one resource is required", w.ID)
 	}
@@ -117,6 +163,84 @@ func (w *Workload) Validate() error {
 		w.Resources[i] = c
 	}
 	return nil
+}
+
+func (r *SNPRequirements) validate() error {
+	if r.MinABI != "" {
+		if _, _, err := parseABI(r.MinABI); err != nil {
+			return fmt.Errorf("min_abi: %w", err)
+		}
+	}
+	mask, err := parsePolicyBits(r.PolicyMask)
+	if err != nil {
+		return fmt.Errorf("policy_mask: %w", err)
+	}
+	val, err := parsePolicyBits(r.PolicyValue)
+	if err != nil {
+		return fmt.Errorf("policy_value: %w", err)
+	}
+	if val&^mask != 0 {
+		return errors.New("policy_value has bits outside policy_mask")
+	}
+	return nil
+}
+
+// parseABI parses "major.minor" (0..255 each).
+func parseABI(s string) (major, minor int, err error) {
+	a, b, ok := strings.Cut(s, ".")
+	x, err1 := strconv.ParseUint(a, 10, 8)
+	y, err2 := strconv.ParseUint(b, 10, 8)
+	if !ok || err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("%q: want major.minor", truncate(s, 16))
+	}
+	return int(x), int(y), nil
+}
+
+// parsePolicyBits parses up to 64 bits of hex ("" is 0).
+func parsePolicyBits(s string) (uint64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	v, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(s), "0x"), 16, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q: want up to 16 hex digits", truncate(s, 24))
+	}
+	return v, nil
+}
+
+// match checks SNP claims against the requirements.
+func (r *SNPRequirements) match(c *Claims) error {
+	if r.ForbidSMT && c.SMT {
+		return errors.New("guest policy allows SMT, workload forbids it")
+	}
+	if r.RequireVCEK && c.Signer != "VCEK" {
+		return fmt.Errorf("report signed by %q, workload requires VCEK", truncate(c.Signer, 16))
+	}
+	if r.MinABI != "" {
+		wantMaj, wantMin, _ := parseABI(r.MinABI)
+		gotMaj, gotMin, err := parseABI(firmwareABI(c.Firmware))
+		if err != nil {
+			return fmt.Errorf("firmware version %q unknown, workload wants ABI %s", truncate(c.Firmware, 24), r.MinABI)
+		}
+		if gotMaj < wantMaj || gotMaj == wantMaj && gotMin < wantMin {
+			return fmt.Errorf("firmware ABI %d.%d below minimum %s", gotMaj, gotMin, r.MinABI)
+		}
+	}
+	mask, _ := parsePolicyBits(r.PolicyMask)
+	val, _ := parsePolicyBits(r.PolicyValue)
+	if c.Policy&mask != val {
+		return fmt.Errorf("guest policy %#x does not satisfy mask %#x value %#x", c.Policy, mask, val)
+	}
+	return nil
+}
+
+// firmwareABI keeps "major.minor" of a "major.minor.build" firmware version.
+func firmwareABI(fw string) string {
+	parts := strings.SplitN(fw, ".", 3)
+	if len(parts) < 2 {
+		return fw
+	}
+	return parts[0] + "." + parts[1]
 }
 
 func canonHex(s string, n int) (string, error) {
@@ -154,6 +278,25 @@ func (w *Workload) Match(c *Claims) error {
 	}
 	if c.Emulated && !w.AllowEmulated {
 		return errors.New("emulated evidence, workload wants hardware")
+	}
+	if len(w.Roots) > 0 && !slices.Contains(w.Roots, strings.ToLower(c.RootFingerprint)) {
+		return fmt.Errorf("root %s not trusted by the workload", truncate(c.RootFingerprint, 64))
+	}
+	if !c.Emulated {
+		// What hardware evidence must be held to: a pinned minimum TCB
+		// (otherwise any firmware, however old, is accepted) and, for TDX,
+		// the RTMRs (MRTD alone does not cover kernel, initrd, cmdline).
+		if len(w.MinTCB) == 0 {
+			return errors.New("hardware evidence, but the workload pins no minimum tcb")
+		}
+		if w.TEE == kbs.TEETDX && len(w.RTMRs) == 0 && !w.AnyRTMRs {
+			return errors.New("hardware tdx evidence, but the workload pins no rtmrs (any_rtmrs waives this)")
+		}
+	}
+	if w.SNP != nil {
+		if err := w.SNP.match(c); err != nil {
+			return err
+		}
 	}
 	meas := strings.ToLower(c.Measurement)
 	ok := false

@@ -27,6 +27,17 @@ type Claims struct {
 	RootFingerprint string `json:"root_fingerprint,omitempty"`
 	// ReportData is the 64-byte REPORT_DATA the evidence carried.
 	ReportData string `json:"report_data"`
+	// SNP only: the report signer ("VCEK" or "VLEK"), guest policy, whether
+	// it allows SMT, and the current firmware version "major.minor.build".
+	Signer   string `json:"signer,omitempty"`
+	Policy   uint64 `json:"policy,omitempty"`
+	SMT      bool   `json:"smt_allowed,omitempty"`
+	Firmware string `json:"firmware,omitempty"`
+	// Collateral is true when the verifier checked TCB status and (TDX) QE
+	// identity against Intel/AMD collateral, RevocationChecked when it also
+	// checked the CRLs.
+	Collateral        bool `json:"collateral_checked,omitempty"`
+	RevocationChecked bool `json:"revocation_checked,omitempty"`
 }
 
 // VerifyRequest is one piece of evidence to check.
