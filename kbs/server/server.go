@@ -487,20 +487,15 @@ func (s *Server) registeredMeasurements(ctx context.Context, tee string) ([][]by
 }
 
 func (s *Server) workloads(ctx context.Context) ([]*Workload, error) {
-	ids, err := s.store.List(ctx, bucketWorkloads)
+	// One read for all workloads (not a list and a read per workload).
+	kvs, err := s.store.GetAll(ctx, bucketWorkloads)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*Workload, 0, len(ids))
-	for _, id := range ids {
-		v, err := s.store.Get(ctx, bucketWorkloads, id)
-		if errors.Is(err, ErrNotFound) {
-			continue // deleted meanwhile
-		}
-		if err != nil {
-			return nil, err
-		}
-		w, err := s.decodeWorkload(id, v)
+	out := make([]*Workload, 0, len(kvs))
+	for _, kv := range kvs {
+		id := kv.Key
+		w, err := s.decodeWorkload(id, kv.Value)
 		if err != nil {
 			// A record this KBS did not write (a database writer without
 			// the KEK) grants nothing; the others keep working.

@@ -47,6 +47,8 @@ type Store interface {
 	Delete(ctx context.Context, bucket, key string) (bool, error)
 	// List returns the keys of a bucket in ascending order.
 	List(ctx context.Context, bucket string) ([]string, error)
+	// GetAll returns every entry of a plain bucket in key order, in one read.
+	GetAll(ctx context.Context, bucket string) ([]KV, error)
 	// Update runs fn on the current value (nil if absent) under a lock on the
 	// key and stores its result (nil result: delete). If fn fails nothing is
 	// written. fn may run more than once when replicas race. Not in
@@ -63,6 +65,12 @@ type Store interface {
 	PruneAudit(ctx context.Context, before time.Time) (int, error)
 	// Close releases the store.
 	Close() error
+}
+
+// KV is one entry of a bucket.
+type KV struct {
+	Key   string
+	Value []byte
 }
 
 // Audit events.

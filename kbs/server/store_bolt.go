@@ -246,6 +246,25 @@ func (s *BoltStore) List(_ context.Context, bucket string) ([]string, error) {
 	return keys, err
 }
 
+// GetAll implements Store.
+func (s *BoltStore) GetAll(_ context.Context, bucket string) ([]KV, error) {
+	if expiringBucket(bucket) {
+		return nil, errExpiring("get all", bucket)
+	}
+	var out []KV
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b, err := bucketOf(tx, bucket)
+		if err != nil {
+			return err
+		}
+		return b.ForEach(func(k, v []byte) error {
+			out = append(out, KV{Key: string(k), Value: append([]byte(nil), v...)})
+			return nil
+		})
+	})
+	return out, err
+}
+
 // Update implements Store; bbolt serialises writers, so fn runs once.
 func (s *BoltStore) Update(_ context.Context, bucket, key string, fn func(old []byte) ([]byte, error)) error {
 	if expiringBucket(bucket) {

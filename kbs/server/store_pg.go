@@ -134,6 +134,26 @@ func (s *PostgresStore) List(ctx context.Context, bucket string) ([]string, erro
 	return keys, nil
 }
 
+// GetAll implements Store.
+func (s *PostgresStore) GetAll(ctx context.Context, bucket string) ([]KV, error) {
+	if expiringBucket(bucket) {
+		return nil, errExpiring("get all", bucket)
+	}
+	rows, err := s.pool.Query(ctx, "SELECT key, value FROM kbs_kv WHERE bucket=$1 ORDER BY key", bucket)
+	if err != nil {
+		return nil, fmt.Errorf("kbs: postgres get all %s: %w", bucket, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (KV, error) {
+		var kv KV
+		err := r.Scan(&kv.Key, &kv.Value)
+		return kv, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kbs: postgres get all %s: %w", bucket, err)
+	}
+	return out, nil
+}
+
 // errRetryInsert means another replica inserted the key first; Update retries.
 var errRetryInsert = errors.New("concurrent insert")
 

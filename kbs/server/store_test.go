@@ -30,6 +30,9 @@ func testStoreConformance(t *testing.T, st Store) {
 	if keys, err := st.List(ctx, bucketResources); err != nil || fmt.Sprint(keys) != "[a/b/a a/b/c]" {
 		t.Fatalf("list: %v %v", keys, err)
 	}
+	if all, err := st.GetAll(ctx, bucketResources); err != nil || len(all) != 2 || all[0].Key != "a/b/a" || string(all[1].Value) != "two" {
+		t.Fatalf("get all: %+v %v", all, err)
+	}
 	if ok, err := st.Delete(ctx, bucketResources, "a/b/a"); !ok || err != nil {
 		t.Fatalf("delete: %v %v", ok, err)
 	}
