@@ -22,6 +22,7 @@ import (
 //
 //	{
 //	  "listen": "0.0.0.0:8443",
+//	  "admin_listen": "127.0.0.1:8444",           // optional: admin API and /metrics only here, not on listen
 //	  "tls_cert": "/etc/krun-tee-kbs/tls.crt",   // chain incl. the CA guests pin
 //	  "tls_key": "/etc/krun-tee-kbs/tls.key",
 //	  "store": {"type": "bolt", "path": "/var/lib/krun-tee-kbs/kbs.db"},
@@ -39,6 +40,7 @@ import (
 //	}
 type Config struct {
 	Listen         string      `json:"listen"`
+	AdminListen    string      `json:"admin_listen,omitempty"`
 	TLSCert        string      `json:"tls_cert,omitempty"`
 	TLSKey         string      `json:"tls_key,omitempty"`
 	Store          StoreConfig `json:"store"`
@@ -123,6 +125,9 @@ func LoadConfig(path string) (*Config, error) {
 func (c *Config) Validate() error {
 	if c.Listen == "" {
 		return errors.New("listen is required")
+	}
+	if c.AdminListen != "" && c.AdminListen == c.Listen {
+		return errors.New("admin_listen must differ from listen")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("tls_cert and tls_key go together")
@@ -214,9 +219,25 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, ready func(addr net
 	if err != nil {
 		return err
 	}
-	ln, hs, err := cfg.listen(srv, log)
+	handler := srv.Handler()
+	if cfg.AdminListen != "" {
+		handler = srv.PublicHandler()
+	}
+	ln, hs, err := cfg.listen(cfg.Listen, handler, log)
 	if err != nil {
 		return err
+	}
+	servers := []*http.Server{hs}
+	errc := make(chan error, 2)
+	if cfg.AdminListen != "" {
+		aln, ahs, err := cfg.listen(cfg.AdminListen, srv.AdminHandler(), log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		log.Info("kbs admin API and metrics listening", "addr", aln.Addr().String())
+		servers = append(servers, ahs)
+		go func() { errc <- ahs.Serve(aln) }()
 	}
 	log.Info("kbs listening", "addr", ln.Addr().String(), "tls", cfg.TLSCert != "", "store", cfg.Store.Type,
 		"admin", opts.Admin != nil, "emulated_roots", len(cfg.EmulatedRoots))
@@ -228,20 +249,22 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, ready func(addr net
 		retention = DefaultAuditRetention
 	}
 	go sweepLoop(ctx, srv, log, retention)
-	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
+	var serveErr error
 	select {
 	case err := <-errc:
-		return fmt.Errorf("kbs: serve: %w", err)
+		serveErr = fmt.Errorf("kbs: serve: %w", err)
 	case <-ctx.Done():
 	}
 	log.Info("kbs shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil {
-		return fmt.Errorf("kbs: shutdown: %w", err)
+	for _, h := range servers {
+		if err := h.Shutdown(sctx); err != nil && serveErr == nil {
+			serveErr = fmt.Errorf("kbs: shutdown: %w", err)
+		}
 	}
-	return nil
+	return serveErr
 }
 
 // serverOptions loads what the configuration names (the key-encryption key,
@@ -285,16 +308,15 @@ func (c *Config) serverOptions(log *slog.Logger) (ServerOptions, error) {
 	return o, nil
 }
 
-// listen opens the configured listener (TLS when a certificate is
-// configured) and the HTTP server for srv, with timeouts that bound slow
-// clients.
-func (c *Config) listen(srv *Server, log *slog.Logger) (net.Listener, *http.Server, error) {
-	ln, err := net.Listen("tcp", c.Listen)
+// listen opens a listener on addr (TLS when a certificate is configured)
+// and the HTTP server for handler, with timeouts that bound slow clients.
+func (c *Config) listen(addr string, handler http.Handler, log *slog.Logger) (net.Listener, *http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kbs: listen: %w", err)
 	}
 	hs := &http.Server{
-		Handler:           srv.Handler(),
+		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      15 * time.Second,

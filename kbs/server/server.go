@@ -77,6 +77,8 @@ type Server struct {
 	now      func() time.Time
 	metrics  *metrics
 	mux      *http.ServeMux
+	// publicMux and adminMux split mux for two listeners.
+	publicMux, adminMux *http.ServeMux
 	// refusals rate-limits the log lines and audit rows of refusals.
 	refusals *tokenBucket
 }
@@ -145,32 +147,53 @@ func (s *Server) sharedTokenKey(ctx context.Context) ([]byte, error) {
 	return key, nil
 }
 
-// Handler returns the HTTP handler for all routes.
+// Handler returns the HTTP handler for all routes (one listener).
 func (s *Server) Handler() http.Handler { return s.mux }
 
+// PublicHandler serves only what guests use (auth, attest, resource
+// reads, health); with AdminHandler on another listener, the admin API and
+// /metrics are not reachable where guests are.
+func (s *Server) PublicHandler() http.Handler { return s.publicMux }
+
+// AdminHandler serves only the admin API, /metrics and health.
+func (s *Server) AdminHandler() http.Handler { return s.adminMux }
+
 func (s *Server) routes() {
-	s.mux = http.NewServeMux()
-	add := func(pattern, name string, h func(http.ResponseWriter, *http.Request) int) {
-		s.mux.Handle(pattern, s.instrument(name, h))
+	s.mux, s.publicMux, s.adminMux = http.NewServeMux(), http.NewServeMux(), http.NewServeMux()
+	add := func(public, admin bool, pattern, name string, h func(http.ResponseWriter, *http.Request) int) {
+		hh := s.instrument(name, h)
+		s.mux.Handle(pattern, hh)
+		if public {
+			s.publicMux.Handle(pattern, hh)
+		}
+		if admin {
+			s.adminMux.Handle(pattern, hh)
+		}
 	}
-	add("POST /kbs/v0/auth", "auth", s.handleAuth)
-	add("POST /kbs/v0/attest", "attest", s.handleAttest)
-	add("GET /kbs/v0/resource/{path...}", "resource", s.handleResource)
-	add("POST /kbs/v0/resource/{path...}", "admin_set_resource", s.adminOnly(s.handleSetResource))
-	add("PUT /kbs/v0/resource/{path...}", "admin_set_resource", s.adminOnly(s.handleSetResource))
-	add("DELETE /kbs/v0/resource/{path...}", "admin_delete_resource", s.adminOnly(s.handleDeleteResource))
-	add("PUT /kbs/v0/admin/workload/{id}", "admin_register", s.adminOnly(s.handleRegister))
-	add("DELETE /kbs/v0/admin/workload/{id}", "admin_unregister", s.adminOnly(s.handleUnregister))
-	add("GET /kbs/v0/admin/workloads", "admin_list", s.adminOnly(s.handleList))
-	add("GET /kbs/v0/admin/resources", "admin_resources", s.adminOnly(s.handleListResources))
-	add("GET /kbs/v0/admin/audit", "admin_audit", s.adminOnly(s.handleAudit))
-	add("GET /healthz", "healthz", s.handleHealth)
-	add("GET /metrics", "metrics", func(w http.ResponseWriter, _ *http.Request) int {
+	pub := func(pattern, name string, h func(http.ResponseWriter, *http.Request) int) {
+		add(true, false, pattern, name, h)
+	}
+	adm := func(pattern, name string, h func(http.ResponseWriter, *http.Request) int) {
+		add(false, true, pattern, name, h)
+	}
+	pub("POST /kbs/v0/auth", "auth", s.handleAuth)
+	pub("POST /kbs/v0/attest", "attest", s.handleAttest)
+	pub("GET /kbs/v0/resource/{path...}", "resource", s.handleResource)
+	adm("POST /kbs/v0/resource/{path...}", "admin_set_resource", s.adminOnly(s.handleSetResource))
+	adm("PUT /kbs/v0/resource/{path...}", "admin_set_resource", s.adminOnly(s.handleSetResource))
+	adm("DELETE /kbs/v0/resource/{path...}", "admin_delete_resource", s.adminOnly(s.handleDeleteResource))
+	adm("PUT /kbs/v0/admin/workload/{id}", "admin_register", s.adminOnly(s.handleRegister))
+	adm("DELETE /kbs/v0/admin/workload/{id}", "admin_unregister", s.adminOnly(s.handleUnregister))
+	adm("GET /kbs/v0/admin/workloads", "admin_list", s.adminOnly(s.handleList))
+	adm("GET /kbs/v0/admin/resources", "admin_resources", s.adminOnly(s.handleListResources))
+	adm("GET /kbs/v0/admin/audit", "admin_audit", s.adminOnly(s.handleAudit))
+	add(true, true, "GET /healthz", "healthz", s.handleHealth)
+	adm("GET /metrics", "metrics", func(w http.ResponseWriter, _ *http.Request) int {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		s.metrics.write(w)
 		return http.StatusOK
 	})
-	add("/", "other", func(w http.ResponseWriter, _ *http.Request) int {
+	add(true, true, "/", "other", func(w http.ResponseWriter, _ *http.Request) int {
 		writeProblem(w, http.StatusNotFound, kindNotFound, "no such endpoint")
 		return http.StatusNotFound
 	})
