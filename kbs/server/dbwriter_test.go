@@ -86,3 +86,46 @@ func TestDatabaseWriterPostgres(t *testing.T) {
 	t.Cleanup(func() { st.Close() })
 	dbWriterAttacks(t, newEnv(t, fakeFixture(), envOptions{store: st}))
 }
+
+// TestDatabaseWriterRestoresOldRecord: the database writer saved a genuine
+// workload record and writes it back after the operator changed or removed
+// the workload: a revoked measurement or an unregistered workload must not
+// come back.
+func TestDatabaseWriterRestoresOldRecord(t *testing.T) {
+	fx := fakeFixture()
+	e := newEnv(t, fx, envOptions{})
+	ctx := context.Background()
+	old, cur := randMeas(), randMeas()
+	e.register("wl", fx.tee, old, "r/t/disk", []byte("disk-key"))
+	saved, err := e.store.Get(ctx, bucketWorkloads, "wl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.register("wl", fx.tee, cur, "r/t/disk", nil) // the old measurement is revoked
+	if err := e.store.Put(ctx, bucketWorkloads, "wl", saved); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.client(fx.provider(t, old), fx.tee).GetResource(ctx, "r/t/disk"); err == nil {
+		t.Fatalf("released %q to a revoked measurement restored from an old record", got)
+	}
+	// Unregistered, then resurrected.
+	e.register("gone", fx.tee, old, "r/t/gone", []byte("gone-key"))
+	saved, _ = e.store.Get(ctx, bucketWorkloads, "gone")
+	if err := e.admin.Unregister(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.store.Put(ctx, bucketWorkloads, "gone", saved); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.client(fx.provider(t, old), fx.tee).GetResource(ctx, "r/t/gone"); err == nil {
+		t.Fatalf("released %q through an unregistered workload restored from an old record", got)
+	}
+	// The current registration still works.
+	if got, err := e.client(fx.provider(t, cur), fx.tee).GetResource(ctx, "r/t/disk"); err == nil {
+		t.Fatalf("released %q although the stored record is not the registered one", got)
+	}
+	e.register("wl", fx.tee, cur, "r/t/disk", nil)
+	if got, err := e.client(fx.provider(t, cur), fx.tee).GetResource(ctx, "r/t/disk"); err != nil || string(got) != "disk-key" {
+		t.Fatalf("after re-registration: %q %v", got, err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -510,6 +511,10 @@ func (s *Server) registeredMeasurements(ctx context.Context, tee string) ([][]by
 }
 
 func (s *Server) workloads(ctx context.Context) ([]*Workload, error) {
+	idx, err := s.workloadIndex(ctx)
+	if err != nil {
+		return nil, err
+	}
 	// One read for all workloads (not a list and a read per workload).
 	kvs, err := s.store.GetAll(ctx, bucketWorkloads)
 	if err != nil {
@@ -519,6 +524,9 @@ func (s *Server) workloads(ctx context.Context) ([]*Workload, error) {
 	for _, kv := range kvs {
 		id := kv.Key
 		w, err := s.decodeWorkload(id, kv.Value)
+		if err == nil && idx[id] != recordDigest(kv.Value) {
+			err = errors.New("record is not the registered version (restored from an older state?); re-register the workload")
+		}
 		if err != nil {
 			// A record this KBS did not write (a database writer without
 			// the KEK) grants nothing; the others keep working.
@@ -528,6 +536,64 @@ func (s *Server) workloads(ctx context.Context) ([]*Workload, error) {
 		out = append(out, w)
 	}
 	return out, nil
+}
+
+// metaWorkloadIndex is the authenticated index of current workload records:
+// id -> SHA-256 of the stored record. A genuine but superseded record (an
+// older version, or one of an unregistered workload) that a database writer
+// writes back is not the one the index names, and counts as absent.
+const metaWorkloadIndex = "workload-index"
+
+func recordDigest(rec []byte) string {
+	d := sha256.Sum256(rec)
+	return hex.EncodeToString(d[:])
+}
+
+// workloadIndex reads and verifies the workload index (empty if absent).
+func (s *Server) workloadIndex(ctx context.Context) (map[string]string, error) {
+	idx := map[string]string{}
+	stored, err := s.store.Get(ctx, bucketMeta, metaWorkloadIndex)
+	if errors.Is(err, ErrNotFound) {
+		return idx, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.sealer.Verify(bucketMeta, metaWorkloadIndex, stored)
+	if err != nil {
+		return nil, fmt.Errorf("workload index: %w", err)
+	}
+	if err := json.Unmarshal(v, &idx); err != nil {
+		return nil, fmt.Errorf("workload index: %w", err)
+	}
+	return idx, nil
+}
+
+// indexWorkload records rec as the current record of workload id (nil:
+// id is unregistered), atomically across replicas.
+func (s *Server) indexWorkload(ctx context.Context, id string, rec []byte) error {
+	return s.store.Update(ctx, bucketMeta, metaWorkloadIndex, func(old []byte) ([]byte, error) {
+		idx := map[string]string{}
+		if old != nil {
+			v, err := s.sealer.Verify(bucketMeta, metaWorkloadIndex, old)
+			if err != nil {
+				return nil, fmt.Errorf("workload index: %w", err)
+			}
+			if err := json.Unmarshal(v, &idx); err != nil {
+				return nil, fmt.Errorf("workload index: %w", err)
+			}
+		}
+		if rec == nil {
+			delete(idx, id)
+		} else {
+			idx[id] = recordDigest(rec)
+		}
+		v, err := json.Marshal(idx)
+		if err != nil {
+			return nil, err
+		}
+		return s.sealer.Authenticate(bucketMeta, metaWorkloadIndex, v), nil
+	})
 }
 
 // decodeWorkload verifies and parses the workload stored under id.
@@ -825,7 +891,13 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request, sub stri
 	}
 	wl.Updated = s.now().UTC()
 	v, _ := json.Marshal(wl)
-	if err := s.store.Put(r.Context(), bucketWorkloads, wl.ID, s.sealer.Authenticate(bucketWorkloads, wl.ID, v)); err != nil {
+	rec := s.sealer.Authenticate(bucketWorkloads, wl.ID, v)
+	// The index first: a crash in between leaves a record the index does
+	// not name, which counts as absent (fail closed).
+	if err := s.indexWorkload(r.Context(), wl.ID, rec); err != nil {
+		return storeFailed(w, s, err)
+	}
+	if err := s.store.Put(r.Context(), bucketWorkloads, wl.ID, rec); err != nil {
 		return storeFailed(w, s, err)
 	}
 	s.adminAudit(r, sub, "register workload", wl.ID)
@@ -834,6 +906,9 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request, sub stri
 
 func (s *Server) handleUnregister(w http.ResponseWriter, r *http.Request, sub string) int {
 	id := r.PathValue("id")
+	if err := s.indexWorkload(r.Context(), id, nil); err != nil {
+		return storeFailed(w, s, err)
+	}
 	existed, err := s.store.Delete(r.Context(), bucketWorkloads, id)
 	if err != nil {
 		return storeFailed(w, s, err)
