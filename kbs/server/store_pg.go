@@ -1,10 +1,12 @@
 package server
 
 import (
+	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -51,6 +53,12 @@ const pgAuditInsert = `WITH l AS (SELECT pg_advisory_xact_lock($3))
 // behind a load balancer share sessions, resources and the audit log.
 type PostgresStore struct {
 	pool *pgxpool.Pool
+
+	// mu guards the expiries of the sessions this replica inserted, which
+	// bound them (maxSessions live per replica) without counting rows.
+	mu          sync.Mutex
+	mine        expiryHeap
+	maxSessions int
 }
 
 // OpenPostgresStore connects with a libpq-style URL or DSN and creates the
@@ -75,7 +83,7 @@ func OpenPostgresStore(ctx context.Context, dsn string) (*PostgresStore, error) 
 		pool.Close()
 		return nil, fmt.Errorf("kbs: postgres: schema: %w", err)
 	}
-	return &PostgresStore{pool: pool}, nil
+	return &PostgresStore{pool: pool, maxSessions: maxMemSessions}, nil
 }
 
 // table is where bucket's entries live.
@@ -205,12 +213,36 @@ func (s *PostgresStore) Insert(ctx context.Context, bucket, key string, value []
 	if !expiringBucket(bucket) {
 		return false, fmt.Errorf("kbs: store: insert on plain bucket %q", bucket)
 	}
+	if value == nil {
+		value = []byte{} // bytea NOT NULL: an empty value is not a NULL
+	}
+	if bucket == bucketSessions && !s.reserveSession(key, expires) {
+		return false, ErrTooManySessions
+	}
 	tag, err := s.pool.Exec(ctx, `INSERT INTO kbs_expiring (bucket, key, value, expires) VALUES ($1,$2,$3,$4)
 		ON CONFLICT (bucket, key) DO NOTHING`, bucket, key, value, expires)
 	if err != nil {
 		return false, fmt.Errorf("kbs: postgres insert %s/%s: %w", bucket, key, err)
 	}
 	return tag.RowsAffected() == 1, nil
+}
+
+// reserveSession counts a session this replica is about to insert against
+// its cap, forgetting the expired ones first (O(expired)). A reservation
+// whose insert then fails or finds the key taken stays counted until its
+// expiry: the count errs high, never low.
+func (s *PostgresStore) reserveSession(key string, expires time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	for s.mine.Len() > 0 && s.mine[0].expires.Before(now) {
+		heap.Pop(&s.mine)
+	}
+	if s.mine.Len() >= s.maxSessions {
+		return false
+	}
+	heap.Push(&s.mine, expiryItem{expires: expires, key: key})
+	return true
 }
 
 // SweepExpired implements Store with one indexed DELETE: it reads no rows

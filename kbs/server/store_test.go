@@ -208,3 +208,32 @@ func TestBoltSessionCap(t *testing.T) {
 		t.Fatalf("after the sweep: %v", err)
 	}
 }
+
+// TestPostgresSessionCap: each replica bounds the sessions it inserts (the
+// old PostgreSQL store had no bound at all), and expired ones free room.
+func TestPostgresSessionCap(t *testing.T) {
+	st, err := OpenPostgresStore(context.Background(), startPostgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.maxSessions = 3
+	ctx := context.Background()
+	soon := time.Now().Add(300 * time.Millisecond)
+	for i := 0; i < 3; i++ {
+		if _, err := st.Insert(ctx, bucketSessions, strconv.Itoa(i), []byte("x"), soon); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.Insert(ctx, bucketSessions, "3", []byte("x"), soon); !errors.Is(err, ErrTooManySessions) {
+		t.Fatalf("over the cap: %v", err)
+	}
+	// Admin token ids are not sessions.
+	if ok, err := st.Insert(ctx, bucketAdminJTI, "jti-0123456789abcdef", nil, soon); !ok || err != nil {
+		t.Fatalf("admin id at the session cap: %v %v", ok, err)
+	}
+	time.Sleep(400 * time.Millisecond)
+	if ok, err := st.Insert(ctx, bucketSessions, "3", []byte("x"), time.Now().Add(time.Minute)); !ok || err != nil {
+		t.Fatalf("after expiry: %v %v", ok, err)
+	}
+}
