@@ -20,6 +20,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -737,4 +738,50 @@ func ccelOneEvent(data []byte) ([]byte, [48]byte) {
 	b = append(b, data...)
 	var zero [48]byte
 	return b, sha512.Sum384(append(zero[:], d[:]...))
+}
+
+// TestTDXOfflinePCSBundle: a root trusted by its certificate alone gets its
+// collateral from an offline bundle; a bundle that lacks an answer is no
+// collateral.
+func TestTDXOfflinePCSBundle(t *testing.T) {
+	dir := t.TempDir()
+	if err := tdxmodule.GenerateRoot(dir); err != nil {
+		t.Fatal(err)
+	}
+	m, err := tdxmodule.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcs, err := attest.LoadPCSBundle(filepath.Join(dir, attest.EmulatedTDXDir, attest.EmulatedPCSFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare, _ := attest.NewEmulatedRoots(nil, nil, m.Root(), nil)
+	c := newTDXCase(t)
+	q, err := m.Quote(c.params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.policy.Roots = bare.WithPCSBundle(pcs)
+	c.policy.CheckRevocations = true
+	cl, err := attest.Verify(attest.TDX, tdxEvidence(q), c.policy)
+	if err != nil || !cl.TDX.Collateral {
+		t.Fatalf("with the bundle: %v %+v", err, cl)
+	}
+	partial := map[string]attest.PCSResponse{}
+	for u, r := range pcs {
+		if !strings.Contains(strings.ToLower(u), "crl") && !strings.HasSuffix(u, ".der") {
+			partial[u] = r
+		}
+	}
+	if len(partial) == len(pcs) {
+		t.Fatalf("no CRL in the bundle: %v", len(pcs))
+	}
+	c.policy.Roots = bare.WithPCSBundle(partial)
+	if _, err := attest.Verify(attest.TDX, tdxEvidence(q), c.policy); err == nil || !strings.Contains(strings.ToLower(err.Error()), "crl") {
+		t.Fatalf("revocation checked without the CRLs: %v", err)
+	}
+	if _, err := attest.LoadPCSBundle(filepath.Join(dir, "missing.json")); err == nil {
+		t.Fatal("a missing bundle loaded")
+	}
 }

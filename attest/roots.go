@@ -222,6 +222,38 @@ func LoadEmulatedRoots(dir string) (*Roots, error) {
 // maxPCSFile bounds an emulated root's stored PCS collateral.
 const maxPCSFile = 1 << 20
 
+// LoadPCSBundle reads stored Intel PCS answers (TCB info, QE identity,
+// CRLs) keyed by URL, in the format of an emulated root's pcs.json: the
+// offline collateral bundle for a verifier without network access.
+func LoadPCSBundle(path string) (map[string]PCSResponse, error) {
+	b, err := boundedfile.Read(path, maxPCSFile)
+	if err != nil {
+		return nil, fmt.Errorf("attest: pcs bundle: %w", err)
+	}
+	var pcs map[string]PCSResponse
+	if err := json.Unmarshal(b, &pcs); err != nil {
+		return nil, fmt.Errorf("attest: pcs bundle %s: %w", path, err)
+	}
+	if len(pcs) == 0 {
+		return nil, fmt.Errorf("attest: pcs bundle %s: no answers", path)
+	}
+	return pcs, nil
+}
+
+// WithPCSBundle returns a copy of r in which every Intel root without
+// stored collateral serves pcs offline (answers the bundle lacks are
+// fetched when a Fetcher is set, else refused). The answers are still
+// verified (signatures, chains to the root) by go-tdx-guest.
+func (r *Roots) WithPCSBundle(pcs map[string]PCSResponse) *Roots {
+	out := &Roots{amd: append([]amdRoot(nil), r.amd...), intel: append([]intelRoot(nil), r.intel...)}
+	for i := range out.intel {
+		if out.intel[i].pcs == nil {
+			out.intel[i].pcs = pcs
+		}
+	}
+	return out
+}
+
 // NewEmulatedRoots builds emulated roots from certificates already in
 // memory (the emulators use it in tests); pcs may be nil.
 func NewEmulatedRoots(ark, ask, intelRootCert *x509.Certificate, pcs map[string]PCSResponse) (*Roots, error) {

@@ -19,7 +19,9 @@ type AttestVerifier struct {
 	// Fetcher downloads (and caches) certificates, CRLs and collateral
 	// from AMD KDS and Intel PCS; nil keeps verification offline.
 	Fetcher *attest.Fetcher
-	// CheckRevocations checks the CRLs of the certificate chains.
+	// CheckRevocations checks the CRLs of the certificate chains: for TDX
+	// from the root's stored collateral or the Fetcher, for SNP (whose CRLs
+	// are only downloaded) only when there is a Fetcher.
 	CheckRevocations bool
 }
 
@@ -28,19 +30,20 @@ func (v *AttestVerifier) Verify(_ context.Context, req *VerifyRequest) (*Claims,
 	if v.Roots == nil {
 		return nil, fmt.Errorf("kbs: verifier has no roots")
 	}
+	checkRev := v.CheckRevocations && (req.TEE == string(attest.TDX) || v.Fetcher != nil)
 	c, err := attest.Verify(attest.TEE(req.TEE), req.Evidence, attest.Policy{
 		ReportData:       req.ReportData[:],
 		Measurements:     req.Measurements,
 		Roots:            v.Roots,
 		Now:              req.Now,
 		Fetcher:          v.Fetcher,
-		CheckRevocations: v.CheckRevocations,
+		CheckRevocations: checkRev,
 	})
 	if err != nil {
 		return nil, err
 	}
 	out := claimsFromAttest(c)
-	out.RevocationChecked = v.CheckRevocations
+	out.RevocationChecked = checkRev
 	if err := requireCollateral(out); err != nil {
 		return nil, err
 	}

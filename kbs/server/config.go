@@ -34,6 +34,7 @@ import (
 //	  "emulated_roots": [],                       // emulated root dirs to trust (CI/dev only)
 //	  "trusted_roots": [],                        // root fingerprints to trust (default: all of the above)
 //	  "collateral": {"fetch": true, "check_revocations": true},  // needed for hardware evidence
+//	  //   TDX offline: {"tdx_pcs_bundle": "/etc/krun-tee-kbs/pcs.json", "check_revocations": true}
 //	  "session_lifetime": "5m",
 //	  "audit_retention": "2160h",                  // audit entries older than this are deleted (default 90 days)
 //	  "max_body_bytes": 1048576
@@ -76,6 +77,10 @@ type CollateralConfig struct {
 	Fetch bool `json:"fetch,omitempty"`
 	// CheckRevocations checks the certificate revocation lists.
 	CheckRevocations bool `json:"check_revocations,omitempty"`
+	// TDXPCSBundle is a file of stored Intel PCS answers (TCB info, QE
+	// identity, CRLs by URL; the pcs.json format) that Intel roots use
+	// offline, before fetching.
+	TDXPCSBundle string `json:"tdx_pcs_bundle,omitempty"`
 	// Timeout bounds each download (default 20 s); TTL is how long an
 	// answer is reused (default 1 h).
 	Timeout Duration `json:"timeout,omitempty"`
@@ -150,8 +155,8 @@ func (c *Config) Validate() error {
 	if c.AuditRetention < 0 || (c.AuditRetention > 0 && time.Duration(c.AuditRetention) < time.Hour) {
 		return errors.New("audit_retention: want at least 1h (0: the default, 90 days)")
 	}
-	if c.Collateral.CheckRevocations && !c.Collateral.Fetch {
-		return errors.New("collateral.check_revocations needs collateral.fetch (CRLs are downloaded)")
+	if c.Collateral.CheckRevocations && !c.Collateral.Fetch && c.Collateral.TDXPCSBundle == "" {
+		return errors.New("collateral.check_revocations needs collateral.fetch or collateral.tdx_pcs_bundle (CRLs come from one of them)")
 	}
 	if c.Collateral.Timeout < 0 || c.Collateral.TTL < 0 {
 		return errors.New("collateral: timeout and ttl must not be negative")
@@ -188,6 +193,13 @@ func (c *Config) Roots(log *slog.Logger) (*attest.Roots, error) {
 		}
 		log.Warn("KBS TRUSTS AN EMULATED ROOT: evidence from a software TEE will verify; never do this in production", "dir", dir)
 		roots = roots.With(emu)
+	}
+	if c.Collateral.TDXPCSBundle != "" {
+		pcs, err := attest.LoadPCSBundle(c.Collateral.TDXPCSBundle)
+		if err != nil {
+			return nil, fmt.Errorf("kbs: collateral: %w", err)
+		}
+		roots = roots.WithPCSBundle(pcs)
 	}
 	if len(c.TrustedRoots) > 0 {
 		only, err := roots.Only(c.TrustedRoots...)

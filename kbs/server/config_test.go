@@ -85,3 +85,21 @@ func TestTrustedRoots(t *testing.T) {
 		t.Fatal("an unknown fingerprint was accepted")
 	}
 }
+
+func TestTDXPCSBundleConfig(t *testing.T) {
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "pcs.json")
+	os.WriteFile(bundle, []byte(`{"https://api.trustedservices.intel.com/tdx/certification/v4/qe/identity":{"header":{},"body":"e30="}}`), 0o600)
+	c := &Config{Listen: "x", Store: StoreConfig{Type: "bolt", Path: "p"}, KEKEnv: "K",
+		Collateral: CollateralConfig{CheckRevocations: true, TDXPCSBundle: bundle}}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Roots(testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	c.Collateral.TDXPCSBundle = filepath.Join(dir, "missing.json")
+	if _, err := c.Roots(testLogger(t)); err == nil {
+		t.Fatal("a missing bundle was accepted")
+	}
+}
