@@ -489,7 +489,6 @@ func TestClose(t *testing.T) {
 	}
 }
 
-
 func TestAccessPlatformOption(t *testing.T) {
 	mem := virtiotest.NewMemory(1 << 20)
 	for _, tc := range []struct {
