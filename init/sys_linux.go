@@ -145,22 +145,34 @@ func killProcess(pid int, sig unix.Signal) error { return unix.Kill(pid, sig) }
 func killAllButInit(sig unix.Signal) error { return unix.Kill(-1, sig) }
 
 // drainConsole waits until the console has transmitted what was written to
-// it (tcdrain), for at most drainTimeout: a console that never drains must
-// not keep the status from being reported. Writers that are not terminals
-// need nothing.
+// it, for at most drainTimeout: a console that never drains must not keep the
+// status from being reported. Writers that are not terminals need nothing.
 func drainConsole(w io.Writer) {
 	f, ok := w.(*os.File)
 	if !ok || !isTerminal(f) {
 		return
 	}
-	done := make(chan struct{})
-	go func() {
-		_ = unix.IoctlSetInt(int(f.Fd()), unix.TCSBRK, 1)
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(drainTimeout):
+	fd := int(f.Fd())
+	waitDrained(
+		func() { _ = unix.IoctlSetInt(fd, unix.TCSBRK, 1) },
+		func() (int, error) { return unix.IoctlGetInt(fd, unix.TIOCOUTQ) },
+		time.Now().Add(drainTimeout), time.Sleep)
+}
+
+// waitDrained calls tcdrain until the output queue (outq) is empty or the
+// deadline passes. tcdrain alone is not enough: TCSBRK returns success as
+// soon as any signal reaches the thread (tty_wait_until_sent gives up
+// silently, and the Go runtime signals its threads to preempt goroutines),
+// so with two vCPUs the status was reported while the tail of the
+// workload's output still sat in the UART's buffer, and was lost.
+func waitDrained(tcdrain func(), outq func() (int, error), deadline time.Time, sleep func(time.Duration)) {
+	for {
+		tcdrain()
+		n, err := outq()
+		if err != nil || n == 0 || !time.Now().Before(deadline) {
+			return
+		}
+		sleep(5 * time.Millisecond)
 	}
 }
 
