@@ -14,6 +14,11 @@
 // XSDT, 5.2.9 FADT, 5.2.10 FACS, 5.2.11.1 DSDT, 5.2.12 MADT) and were checked
 // against Linux 6.12's include/acpi/actbl*.h. The package is pure Go and
 // knows nothing of guest addresses beyond those its Config names.
+//
+// Not yet in the launch layouts: the guest kernel's ACPI interpreter needs
+// CONFIG_PCI and the VMM the PM1 and PCI configuration ports first (branch
+// tdx-acpi has both, awaiting a nested-harness run); until then guests boot
+// from the MP table as before.
 package acpi
 
 import (
