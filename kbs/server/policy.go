@@ -80,6 +80,16 @@ func (w *Workload) Validate() error {
 	if w.TEE != kbs.TEESNP && w.TEE != kbs.TEETDX {
 		return fmt.Errorf("workload %s: tee %q: want snp or tdx", w.ID, truncate(w.TEE, 16))
 	}
+	for _, check := range []func() error{w.validateMeasurements, w.validateRTMRs, w.validateTCB, w.validateHostData, w.validatePins, w.validateResources} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateMeasurements canonicalises the launch measurements (at least one).
+func (w *Workload) validateMeasurements() error {
 	if len(w.Measurements) == 0 {
 		return fmt.Errorf("workload %s: at least one measurement is required", w.ID)
 	}
@@ -90,6 +100,12 @@ func (w *Workload) Validate() error {
 		}
 		w.Measurements[i] = c
 	}
+	return nil
+}
+
+// validateRTMRs checks the TDX RTMR sets (four entries each, "" = any) and
+// the any_rtmrs waiver.
+func (w *Workload) validateRTMRs() error {
 	if len(w.RTMRs) > 0 && w.TEE != kbs.TEETDX {
 		return fmt.Errorf("workload %s: rtmrs only apply to tdx", w.ID)
 	}
@@ -108,6 +124,17 @@ func (w *Workload) Validate() error {
 			set[j] = c
 		}
 	}
+	if w.AnyRTMRs && w.TEE != kbs.TEETDX {
+		return fmt.Errorf("workload %s: any_rtmrs only applies to tdx", w.ID)
+	}
+	if w.AnyRTMRs && len(w.RTMRs) > 0 {
+		return fmt.Errorf("workload %s: any_rtmrs and rtmrs exclude each other", w.ID)
+	}
+	return nil
+}
+
+// validateTCB checks the minimum TCB's shape for the workload's TEE.
+func (w *Workload) validateTCB() error {
 	want := snpTCBParts
 	if w.TEE == kbs.TEETDX {
 		want = tdxTCBParts
@@ -120,23 +147,28 @@ func (w *Workload) Validate() error {
 			return fmt.Errorf("workload %s: min tcb component %d is %d, want 0..255", w.ID, i, v)
 		}
 	}
-	if w.HostData != "" {
-		n := snpHostDataLen
-		if w.TEE == kbs.TEETDX {
-			n = tdxConfigIDLen
-		}
-		c, err := canonHex(w.HostData, n)
-		if err != nil {
-			return fmt.Errorf("workload %s: host data: %w", w.ID, err)
-		}
-		w.HostData = c
+	return nil
+}
+
+// validateHostData canonicalises SNP HOST_DATA / TDX MRCONFIGID.
+func (w *Workload) validateHostData() error {
+	if w.HostData == "" {
+		return nil
 	}
-	if w.AnyRTMRs && w.TEE != kbs.TEETDX {
-		return fmt.Errorf("workload %s: any_rtmrs only applies to tdx", w.ID)
+	n := snpHostDataLen
+	if w.TEE == kbs.TEETDX {
+		n = tdxConfigIDLen
 	}
-	if w.AnyRTMRs && len(w.RTMRs) > 0 {
-		return fmt.Errorf("workload %s: any_rtmrs and rtmrs exclude each other", w.ID)
+	c, err := canonHex(w.HostData, n)
+	if err != nil {
+		return fmt.Errorf("workload %s: host data: %w", w.ID, err)
 	}
+	w.HostData = c
+	return nil
+}
+
+// validatePins checks the trusted-root pins and the SNP requirements.
+func (w *Workload) validatePins() error {
 	for i, r := range w.Roots {
 		c, err := canonHex(strings.ReplaceAll(r, ":", ""), 32)
 		if err != nil {
@@ -144,14 +176,20 @@ func (w *Workload) Validate() error {
 		}
 		w.Roots[i] = c
 	}
-	if w.SNP != nil {
-		if w.TEE != kbs.TEESNP {
-			return fmt.Errorf("workload %s: snp requirements only apply to snp", w.ID)
-		}
-		if err := w.SNP.validate(); err != nil {
-			return fmt.Errorf("workload %s: snp: %w", w.ID, err)
-		}
+	if w.SNP == nil {
+		return nil
 	}
+	if w.TEE != kbs.TEESNP {
+		return fmt.Errorf("workload %s: snp requirements only apply to snp", w.ID)
+	}
+	if err := w.SNP.validate(); err != nil {
+		return fmt.Errorf("workload %s: snp: %w", w.ID, err)
+	}
+	return nil
+}
+
+// validateResources canonicalises the resource paths (at least one).
+func (w *Workload) validateResources() error {
 	if len(w.Resources) == 0 {
 		return fmt.Errorf("workload %s: at least one resource is required", w.ID)
 	}

@@ -69,20 +69,44 @@ type MADTLAPICNMI struct {
 // checksum, and that every pointer stays inside mem, so it serves both as
 // the tests' independent reader and as a check on tables from elsewhere.
 func Parse(mem []byte, base, rsdp uint64) (*Parsed, error) {
-	le := binary.LittleEndian
-	at := func(addr uint64, n int, what string) ([]byte, error) {
-		if addr < base || addr-base > uint64(len(mem)) || uint64(len(mem))-(addr-base) < uint64(n) {
-			return nil, fmt.Errorf("acpi: %s at %#x+%d is outside [%#x,%#x)", what, addr, n, base, base+uint64(len(mem)))
-		}
-		return mem[addr-base : addr-base+uint64(n)], nil
+	m := tableMemory{mem: mem, base: base}
+	r, err := m.rsdp(rsdp)
+	if err != nil {
+		return nil, err
 	}
-	r, err := at(rsdp, RSDPSize, "RSDP")
+	xsdt, err := m.sdt(binary.LittleEndian.Uint64(r[rsdpOffXSDT:]), sigXSDT)
+	if err != nil {
+		return nil, err
+	}
+	return m.parseXSDT(xsdt)
+}
+
+// tableMemory is the guest memory the tables live in, from guest address base.
+type tableMemory struct {
+	mem  []byte
+	base uint64
+}
+
+// at returns n bytes at guest address addr, or an error naming what was
+// looked for when they are outside the memory.
+func (m tableMemory) at(addr uint64, n int, what string) ([]byte, error) {
+	if addr < m.base || addr-m.base > uint64(len(m.mem)) || uint64(len(m.mem))-(addr-m.base) < uint64(n) {
+		return nil, fmt.Errorf("acpi: %s at %#x+%d is outside [%#x,%#x)", what, addr, n, m.base, m.base+uint64(len(m.mem)))
+	}
+	return m.mem[addr-m.base : addr-m.base+uint64(n)], nil
+}
+
+// rsdp checks the RSDP at addr: alignment, signature, both checksums, a
+// revision with an XSDT, its length.
+func (m tableMemory) rsdp(addr uint64) ([]byte, error) {
+	le := binary.LittleEndian
+	r, err := m.at(addr, RSDPSize, "RSDP")
 	if err != nil {
 		return nil, err
 	}
 	switch {
-	case rsdp%rsdpAlign != 0:
-		return nil, fmt.Errorf("acpi: RSDP at %#x is not %d-byte aligned", rsdp, rsdpAlign)
+	case addr%rsdpAlign != 0:
+		return nil, fmt.Errorf("acpi: RSDP at %#x is not %d-byte aligned", addr, rsdpAlign)
 	case string(r[:8]) != RSDPSignature:
 		return nil, fmt.Errorf("acpi: RSDP signature %q", r[:8])
 	case sum(r[:rsdpV1Size]) != 0:
@@ -94,40 +118,44 @@ func Parse(mem []byte, base, rsdp uint64) (*Parsed, error) {
 	case sum(r) != 0:
 		return nil, fmt.Errorf("acpi: RSDP extended checksum is wrong")
 	}
-	sdt := func(addr uint64, sig string) ([]byte, error) {
-		h, err := at(addr, HeaderSize, sig)
-		if err != nil {
-			return nil, err
-		}
-		if string(h[:4]) != sig {
-			return nil, fmt.Errorf("acpi: table at %#x has signature %q, want %q", addr, h[:4], sig)
-		}
-		n := le.Uint32(h[hdrOffLength:])
-		if n < HeaderSize {
-			return nil, fmt.Errorf("acpi: %s length %d is shorter than its header", sig, n)
-		}
-		t, err := at(addr, int(n), sig)
-		if err != nil {
-			return nil, err
-		}
-		if sum(t) != 0 {
-			return nil, fmt.Errorf("acpi: %s checksum is wrong", sig)
-		}
-		return t, nil
-	}
-	xsdt, err := sdt(le.Uint64(r[rsdpOffXSDT:]), sigXSDT)
+	return r, nil
+}
+
+// sdt returns the whole system description table with signature sig at
+// addr, its length and checksum checked.
+func (m tableMemory) sdt(addr uint64, sig string) ([]byte, error) {
+	h, err := m.at(addr, HeaderSize, sig)
 	if err != nil {
 		return nil, err
 	}
+	if string(h[:4]) != sig {
+		return nil, fmt.Errorf("acpi: table at %#x has signature %q, want %q", addr, h[:4], sig)
+	}
+	n := binary.LittleEndian.Uint32(h[hdrOffLength:])
+	if n < HeaderSize {
+		return nil, fmt.Errorf("acpi: %s length %d is shorter than its header", sig, n)
+	}
+	t, err := m.at(addr, int(n), sig)
+	if err != nil {
+		return nil, err
+	}
+	if sum(t) != 0 {
+		return nil, fmt.Errorf("acpi: %s checksum is wrong", sig)
+	}
+	return t, nil
+}
+
+// parseXSDT follows the XSDT's entries: exactly one FADT and one MADT.
+func (m tableMemory) parseXSDT(xsdt []byte) (*Parsed, error) {
 	if (len(xsdt)-HeaderSize)%xsdtEntrySize != 0 {
 		return nil, fmt.Errorf("acpi: XSDT length %d leaves a partial entry", len(xsdt))
 	}
 	p := &Parsed{}
 	var haveFADT, haveMADT bool
 	for off := HeaderSize; off < len(xsdt); off += xsdtEntrySize {
-		addr := le.Uint64(xsdt[off:])
+		addr := binary.LittleEndian.Uint64(xsdt[off:])
 		p.XSDT = append(p.XSDT, addr)
-		h, err := at(addr, 4, "XSDT entry")
+		h, err := m.at(addr, 4, "XSDT entry")
 		if err != nil {
 			return nil, err
 		}
@@ -137,7 +165,7 @@ func Parse(mem []byte, base, rsdp uint64) (*Parsed, error) {
 				return nil, fmt.Errorf("acpi: XSDT lists two FADTs")
 			}
 			haveFADT = true
-			if err := p.parseFADT(addr, sdt, at); err != nil {
+			if err := p.parseFADT(addr, m.sdt, m.at); err != nil {
 				return nil, err
 			}
 		case sigMADT:
@@ -145,7 +173,7 @@ func Parse(mem []byte, base, rsdp uint64) (*Parsed, error) {
 				return nil, fmt.Errorf("acpi: XSDT lists two MADTs")
 			}
 			haveMADT = true
-			t, err := sdt(addr, sigMADT)
+			t, err := m.sdt(addr, sigMADT)
 			if err != nil {
 				return nil, err
 			}
