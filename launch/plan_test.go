@@ -1,6 +1,7 @@
 package launch
 
 import (
+	"bytes"
 	"errors"
 	"io/fs"
 	"os"
@@ -9,7 +10,9 @@ import (
 	"testing"
 
 	"github.com/krun-tee/krun-tee/guestabi"
+	"github.com/krun-tee/krun-tee/launchconfig"
 	"github.com/krun-tee/krun-tee/tee"
+	"github.com/krun-tee/krun-tee/verity"
 )
 
 func TestPlanImage(t *testing.T) {
@@ -144,5 +147,58 @@ func TestOpenBundle(t *testing.T) {
 	}
 	if _, err := OpenBundle(t.TempDir()); err == nil || !strings.Contains(err.Error(), "missing shim.bin") {
 		t.Errorf("empty bundle: %v", err)
+	}
+}
+
+// TestVerityMeasured: an image's dm-verity root goes onto the measured
+// command line, so two images with different content (different roots)
+// measure differently, and what measure predicts (SpecFromImage) is what
+// run launches (PlanImage).
+func TestVerityMeasured(t *testing.T) {
+	bundle := writeBundle(t, testBundle())
+	b := testBundle()
+	withRoot := func(root byte) *launchconfig.Config {
+		lc := testConfig()
+		lc.Verity = &verity.Params{RootHash: bytes.Repeat([]byte{root}, verity.DigestSize),
+			Salt: bytes.Repeat([]byte{0x5a}, verity.DefaultSalt), DataBlocks: 256, HashOffset: 256 * verity.BlockSize}
+		return lc
+	}
+	var seen [][48]byte
+	for _, root := range []byte{1, 2} {
+		lc := withRoot(root)
+		img := makeImage(t, lc)
+		p, err := PlanImage(ImageRequest{Image: img, BundleDir: bundle})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(p.Cmdline, " krun.verity="+lc.Verity.String()) {
+			t.Fatalf("cmdline %q lacks the verity root", p.Cmdline)
+		}
+		gp, err := guestabi.ParseLaunchParams(p.Cmdline)
+		if err != nil || gp.Verity == nil || !gp.Verity.Equal(lc.Verity) {
+			t.Fatalf("guest parse: %+v %v", gp, err)
+		}
+		s, err := SpecFromImage(img, b, Overrides{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := s.Measure()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if run := mustMeasureSNP(t, p); run != m.SNP {
+			t.Errorf("root %d: measure predicts %x, run launches %x", root, m.SNP, run)
+		}
+		seen = append(seen, m.SNP)
+	}
+	if seen[0] == seen[1] {
+		t.Error("two images with different verity roots have the same measurement")
+	}
+	plain, err := SpecFromConfig(testConfig(), b, Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := plain.Measure(); m.SNP == seen[0] {
+		t.Error("a verity image measures like an image without verity")
 	}
 }

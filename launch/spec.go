@@ -92,6 +92,10 @@ func SpecFromConfig(lc *launchconfig.Config, b *Bundle, o Overrides) (*Spec, err
 			// Without a CA pin the guest talks to the KBS unauthenticated;
 			// the flag is measured, so a KBS can refuse such guests.
 			Unpinned: lc.KBSCAFingerprint == "",
+			// The disk's dm-verity root is measured with the rest: the KBS
+			// releases the key only to a guest that will refuse any other
+			// root filesystem content.
+			Verity: lc.Verity,
 		},
 		CPUs:         lc.VCPUs,
 		MemoryMiB:    lc.MemoryMiB,
@@ -157,7 +161,7 @@ func (s *Spec) Cmdline() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("launch: extra command-line arguments %q: %w", s.ExtraCmdline, err)
 	}
-	if *got != s.Params {
+	if !got.Equal(&s.Params) {
 		return "", fmt.Errorf("launch: extra command-line arguments %q change the launch parameters", s.ExtraCmdline)
 	}
 	c, err := boot.KernelCmdline(NumDevices, full)
