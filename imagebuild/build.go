@@ -1,7 +1,8 @@
 // Package imagebuild makes krun-tee workload images and registers them with
 // their key broker: an ext4 root filesystem from a directory (mke2fs and
-// debugfs from e2fsprogs), encrypted in place under a fresh LUKS2 header
-// whose krun-tee token holds the launch configuration, and the KBS entry
+// debugfs from e2fsprogs), by default followed by its dm-verity hash tree,
+// both encrypted in place under a fresh LUKS2 header whose krun-tee token
+// holds the launch configuration (with the verity root), and the KBS entry
 // (expected measurement and passphrase) a guest booting it needs.
 //
 // `krun-tee mkimage` and `krun-tee kbs admin register --image` are thin
@@ -9,12 +10,15 @@
 package imagebuild
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -26,6 +30,17 @@ import (
 	"github.com/krun-tee/krun-tee/init/workload"
 	"github.com/krun-tee/krun-tee/launchconfig"
 	"github.com/krun-tee/krun-tee/luks"
+	"github.com/krun-tee/krun-tee/verity"
+)
+
+// Integrity modes of an image's root filesystem.
+const (
+	// IntegrityVerity (the default): a read-only ext4 followed by its
+	// dm-verity tree inside the encrypted payload, the root hash measured.
+	IntegrityVerity = "verity"
+	// IntegrityNone: a writable ext4 under aes-xts only; the host can
+	// corrupt or roll back sectors undetected.
+	IntegrityNone = "none"
 )
 
 // MinImageSize is the LUKS2 header area plus a minimal ext4 with journal.
@@ -54,6 +69,73 @@ type Options struct {
 	// offset+size) instead of mke2fs -d on Rootfs: the reproducible
 	// filesystem of a container image. Size must be set with it.
 	Filesystem func(ctx context.Context, image string, offset, size int64, config []byte) error
+	// Integrity is IntegrityVerity ("" means it) or IntegrityNone.
+	Integrity string
+	// VeritySeed, when set, derives the verity salt and superblock UUID
+	// from it (VeritySalt) instead of drawing them at random, so a
+	// reproducible filesystem gets a reproducible root hash. It must
+	// identify the content (the OCI path passes the image digest).
+	VeritySeed []byte
+}
+
+// verityOn reports whether o builds a dm-verity image, checking Integrity.
+func (o *Options) verityOn() (bool, error) {
+	switch o.Integrity {
+	case "", IntegrityVerity:
+		return true, nil
+	case IntegrityNone:
+		return false, nil
+	}
+	return false, fmt.Errorf("imagebuild: integrity %q: want %s or %s", o.Integrity, IntegrityVerity, IntegrityNone)
+}
+
+// VeritySalt derives the dm-verity salt and superblock UUID from seed:
+// SHA-256 over a fixed label and the seed. The salt then only keeps trees of
+// different images apart (as veritysetup's random salt does); it is not a
+// secret, the tree is inside the encrypted payload anyway.
+func VeritySalt(seed []byte) verity.FormatOptions {
+	salt := sha256.Sum256(append([]byte("krun-tee verity salt\x00"), seed...))
+	id := sha256.Sum256(append([]byte("krun-tee verity uuid\x00"), seed...))
+	var o verity.FormatOptions
+	o.Salt = salt[:]
+	copy(o.UUID[:], id[:16])
+	o.UUID[6] = o.UUID[6]&0x0f | 0x40 // an RFC 4122 version-4 layout
+	o.UUID[8] = o.UUID[8]&0x3f | 0x80
+	return o
+}
+
+// FilesystemSize is the ext4 size, in bytes, that an image of size bytes
+// holds: the payload, less the verity tree when withVerity.
+func FilesystemSize(size int64, withVerity bool) int64 {
+	avail := (size - luks.DefaultDataOffset) / verity.BlockSize
+	if avail <= 0 {
+		return 0
+	}
+	if !withVerity {
+		return avail * verity.BlockSize
+	}
+	fits := func(n int64) bool {
+		return n*verity.BlockSize+int64(verity.HashAreaSize(uint64(n))) <= avail*verity.BlockSize
+	}
+	n := avail - int64(verity.HashAreaSize(uint64(avail)))/verity.BlockSize
+	for n > 0 && !fits(n) {
+		n--
+	}
+	for fits(n + 1) {
+		n++
+	}
+	return max(n, 0) * verity.BlockSize
+}
+
+// ImageSizeFor is the smallest image (rounded up to MiB) whose filesystem
+// holds fsSize bytes.
+func ImageSizeFor(fsSize int64, withVerity bool) int64 {
+	blocks := (fsSize + verity.BlockSize - 1) / verity.BlockSize
+	size := luks.DefaultDataOffset + blocks*verity.BlockSize
+	if withVerity {
+		size += int64(verity.HashAreaSize(uint64(blocks)))
+	}
+	return max(MinImageSize, (size+1<<20-1)/(1<<20)*(1<<20))
 }
 
 // Result describes a built image.
@@ -63,6 +145,9 @@ type Result struct {
 	PayloadSize   int64
 	SectorSize    int
 	UUID          string
+	// Verity is the dm-verity tree of the root filesystem (also in the
+	// token); nil for IntegrityNone.
+	Verity *verity.Params
 	// Passphrase unlocks the image; the caller clears it when done.
 	Passphrase []byte
 }
@@ -101,18 +186,27 @@ func Build(ctx context.Context, o *Options) (_ *Result, err error) {
 	if err := f.Truncate(size); err != nil {
 		return nil, fmt.Errorf("output: %w", err)
 	}
+	withVerity, _ := o.verityOn() // checked by imageSize
+	fsSize := FilesystemSize(size, withVerity)
 	if o.Filesystem != nil {
-		err = o.Filesystem(ctx, o.Output, luks.DefaultDataOffset, size-luks.DefaultDataOffset, configJSON)
+		err = o.Filesystem(ctx, o.Output, luks.DefaultDataOffset, fsSize, configJSON)
 	} else {
-		err = makeFilesystem(ctx, o.Output, o.Rootfs, size, configJSON)
+		err = makeFilesystem(ctx, o.Output, o.Rootfs, fsSize, configJSON)
 	}
 	if err != nil {
 		return nil, err
 	}
-	res, err := o.encrypt(ctx, f, size)
+	lc := o.Launch
+	if withVerity {
+		if lc.Verity, err = o.formatVerity(f, fsSize); err != nil {
+			return nil, err
+		}
+	}
+	res, err := o.encrypt(ctx, f, size, &lc)
 	if err != nil {
 		return nil, err
 	}
+	res.Verity = lc.Verity
 	if o.PassphraseFile != "" {
 		created = append(created, o.PassphraseFile)
 		if err := writePassphrase(o.PassphraseFile, o.Force, res.Passphrase); err != nil {
@@ -129,6 +223,10 @@ func Build(ctx context.Context, o *Options) (_ *Result, err error) {
 func (o *Options) imageSize() (int64, error) {
 	if o.Filesystem != nil && o.Size == 0 {
 		return 0, errors.New("imagebuild: a Filesystem needs a Size")
+	}
+	withVerity, err := o.verityOn()
+	if err != nil {
+		return 0, err
 	}
 	if o.Filesystem == nil {
 		st, err := os.Stat(o.Rootfs)
@@ -150,10 +248,10 @@ func (o *Options) imageSize() (int64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("rootfs: %w", err)
 		}
-		size = luks.DefaultDataOffset + used + used/4 + 16<<20
+		size = ImageSizeFor(used+used/4+16<<20, withVerity)
 	}
 	size = (size + 1<<20 - 1) / (1 << 20) * (1 << 20)
-	if size < MinImageSize {
+	if size < MinImageSize || FilesystemSize(size, withVerity) < MinImageSize-luks.DefaultDataOffset-(1<<20) {
 		return 0, fmt.Errorf("--size %d is too small: the image needs at least %d bytes (1 MiB LUKS2 header + 8 MiB filesystem)", size, MinImageSize)
 	}
 	return size, nil
@@ -176,17 +274,33 @@ func createExclusive(path string, force bool, mode os.FileMode, what string) (*o
 	return f, nil
 }
 
-// makeFilesystem makes ext4 from rootfs straight into the data area of the
-// image and writes the workload config into it (rootfs is never touched).
-func makeFilesystem(ctx context.Context, image, rootfs string, size int64, configJSON []byte) error {
-	blocks := (size - luks.DefaultDataOffset) / 4096
+// formatVerity builds the dm-verity tree of the fsSize-byte plaintext
+// filesystem at the start of the data area and writes it right after it.
+func (o *Options) formatVerity(f *os.File, fsSize int64) (*verity.Params, error) {
+	var opts verity.FormatOptions
+	if o.VeritySeed != nil {
+		opts = VeritySalt(o.VeritySeed)
+	}
+	data := bufio.NewReaderSize(io.NewSectionReader(f, luks.DefaultDataOffset, fsSize), 1<<20)
+	p, err := verity.Format(data, uint64(fsSize/verity.BlockSize), io.NewOffsetWriter(f, luks.DefaultDataOffset), uint64(fsSize), opts)
+	if err != nil {
+		return nil, fmt.Errorf("dm-verity tree: %w", err)
+	}
+	return p, nil
+}
+
+// makeFilesystem makes an fsSize-byte ext4 from rootfs straight into the
+// data area of the image and writes the workload config into it (rootfs is
+// never touched).
+func makeFilesystem(ctx context.Context, image, rootfs string, fsSize int64, configJSON []byte) error {
+	blocks := fsSize / 4096
 	mkfs := exec.CommandContext(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0",
 		"-E", fmt.Sprintf("offset=%d,nodiscard,root_owner=0:0", luks.DefaultDataOffset),
 		"-L", "krun-root", "-d", rootfs, image, strconv.FormatInt(blocks, 10))
 	if out, err := mkfs.CombinedOutput(); err != nil {
 		msg := strings.TrimSpace(string(out))
 		if strings.Contains(msg, "Could not allocate") || strings.Contains(msg, "No space") || strings.Contains(msg, "too small") {
-			return fmt.Errorf("--size %d is too small for %s: mke2fs: %s", size, rootfs, msg)
+			return fmt.Errorf("--size is too small for %s (a %d-byte filesystem): mke2fs: %s", rootfs, fsSize, msg)
 		}
 		return fmt.Errorf("mke2fs: %v: %s", err, msg)
 	}
@@ -194,8 +308,8 @@ func makeFilesystem(ctx context.Context, image, rootfs string, size int64, confi
 }
 
 // encrypt writes the LUKS2 header with a fresh passphrase, encrypts the
-// filesystem in place and stores the launch configuration token.
-func (o *Options) encrypt(ctx context.Context, f *os.File, size int64) (*Result, error) {
+// filesystem (and verity tree) in place and stores lc in the token.
+func (o *Options) encrypt(ctx context.Context, f *os.File, size int64, lc *launchconfig.Config) (*Result, error) {
 	pass, err := newPassphrase()
 	if err != nil {
 		return nil, err
@@ -226,7 +340,7 @@ func (o *Options) encrypt(ctx context.Context, f *os.File, size int64) (*Result,
 	if err := sc.EncryptRange(ctx, f, off, f, off, n, luks.StreamOptions{Progress: o.Progress}); err != nil {
 		return nil, fmt.Errorf("encrypting: %w", err)
 	}
-	if err := v.SetLaunchConfig(f, &o.Launch); err != nil {
+	if err := v.SetLaunchConfig(f, lc); err != nil {
 		return nil, err
 	}
 	if err := f.Sync(); err != nil {

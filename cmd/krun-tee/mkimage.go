@@ -37,7 +37,7 @@ func init() {
 
 const (
 	mkimageSynopsis = "mkimage (--rootfs DIR | --from-oci REF [--platform OS/ARCH]) -o IMAGE [--cmd ARG]... [--entrypoint ARG]... [--env K=V]... [--workdir D] [--user U] " +
-		"[--workload-id ID] [--kbs URL] [--kbs-ca FILE] [--tee T] [--cpus N] [--memory MiB] [--passphrase-out FILE] [--size BYTES] [--kdf pbkdf2|argon2id] [--force]\n" +
+		"[--workload-id ID] [--kbs URL] [--kbs-ca FILE] [--tee T] [--cpus N] [--memory MiB] [--passphrase-out FILE] [--size BYTES] [--kdf pbkdf2|argon2id] [--integrity verity|none] [--force]\n" +
 		"        [--admin-key FILE [--kbs-admin URL]] [--bundle DIR]   (register the image with the KBS, or print what to register)"
 	maxCAFileSize = 1 << 20
 )
@@ -79,6 +79,10 @@ func parseMkimageFlags(args []string, stderr io.Writer) (*mkimageOptions, error)
 	fl.StringVar(&o.passOut, "passphrase-out", "", "file receiving the passphrase, mode 0600 (default IMAGE.passphrase; - for stdout)")
 	fl.StringVar(&v.size, "size", "", "image size in bytes (suffixes K, M, G; default: fitted to the rootfs)")
 	fl.StringVar(&v.kdf, "kdf", "pbkdf2", "keyslot KDF: pbkdf2 (1000 iterations) or argon2id (16 MiB)")
+	fl.StringVar(&o.build.Integrity, "integrity", imagebuild.IntegrityVerity,
+		"root filesystem integrity: verity (read-only root, a dm-verity tree inside the encryption, its root hash measured; "+
+			"a corrupted or rolled-back block is an I/O error; writes go to a tmpfs overlay) or none (a writable root under "+
+			"aes-xts only: no integrity, the host can corrupt or roll back sectors undetected, and the measurement says nothing about the disk content)")
 	fl.BoolVar(&o.build.Force, "force", false, "overwrite an existing output image and passphrase file")
 	fl.StringVar(&o.reg.adminKey, "admin-key", "", "KBS admin private key: register the passphrase and the expected measurement with the KBS")
 	fl.StringVar(&o.reg.adminURL, "kbs-admin", "", "KBS URL for the admin calls when it differs from --kbs (e.g. the guests reach the KBS through another address)")
@@ -108,6 +112,9 @@ func (o *mkimageOptions) check(v *mkimageFlags) error {
 	}
 	if (b.Rootfs == "" && o.oci == nil) || b.Output == "" {
 		return usagef("--rootfs DIR (or --from-oci REF) and -o are required")
+	}
+	if b.Integrity != imagebuild.IntegrityVerity && b.Integrity != imagebuild.IntegrityNone {
+		return usagef("--integrity %q: want verity or none", b.Integrity)
 	}
 	switch v.kdf {
 	case "pbkdf2":
@@ -233,6 +240,11 @@ func printImage(stdout io.Writer, o *mkimageOptions, res *imagebuild.Result) {
 	fmt.Fprintf(stdout, "size:           %d bytes (payload %d bytes at offset %d, %d-byte sectors)\n", res.Size, res.PayloadSize, res.PayloadOffset, res.SectorSize)
 	fmt.Fprintf(stdout, "uuid:           %s\n", res.UUID)
 	fmt.Fprintf(stdout, "kdf:            %s\n", o.build.KDF.Type)
+	if res.Verity != nil {
+		fmt.Fprintf(stdout, "integrity:      dm-verity, root %x (%d data blocks; read-only root, root hash measured)\n", res.Verity.RootHash, res.Verity.DataBlocks)
+	} else {
+		fmt.Fprintf(stdout, "integrity:      none (writable aes-xts root; the host can alter it undetected)\n")
+	}
 	fmt.Fprintf(stdout, "workload id:    %s\n", lc.WorkloadID)
 	fmt.Fprintf(stdout, "resource path:  %s\n", lc.ResourcePath)
 	fmt.Fprintf(stdout, "tee:            %s (%d vCPUs, %d MiB)\n", lc.TEE, lc.VCPUs, lc.MemoryMiB)

@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 
 	"github.com/krun-tee/krun-tee/imagebuild"
-	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/oci"
 	"github.com/krun-tee/krun-tee/rootfs"
 )
@@ -107,16 +106,21 @@ func (s *ociSource) prepare(ctx context.Context, o *mkimageOptions, stderr io.Wr
 		return fmt.Errorf("image digest %s is not sha256", img.Digest)
 	}
 	b.Launch.ImageDigest = img.Digest.String()
+	// The filesystem is reproducible from the digest; a salt derived from
+	// the digest makes the verity root (and so the measurement) reproducible
+	// too, and two different images still never share a tree.
+	b.VeritySeed = []byte(img.Digest.String())
 	b.Rootfs = s.stage
 	if b.Size == 0 {
-		b.Size = minImageSizeFor(s.tree.EstimateSize())
+		b.Size = minImageSizeFor(s.tree.EstimateSize(), b.Integrity != imagebuild.IntegrityNone)
 	}
 	return nil
 }
 
-// minImageSizeFor is the image size holding a filesystem of fsSize bytes.
-func minImageSizeFor(fsSize int64) int64 {
-	return max(imagebuild.MinImageSize, fsSize+luks.DefaultDataOffset)
+// minImageSizeFor is the image size holding a filesystem of fsSize bytes
+// (and its verity tree, withVerity).
+func minImageSizeFor(fsSize int64, withVerity bool) int64 {
+	return imagebuild.ImageSizeFor(fsSize, withVerity)
 }
 
 // makeFilesystem builds the reproducible filesystem (with the workload

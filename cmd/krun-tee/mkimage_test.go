@@ -14,6 +14,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -149,7 +150,13 @@ func TestMkimageEndToEnd(t *testing.T) {
 	}
 	want := launchconfig.Config{WorkloadID: "web", KBSURL: "https://127.0.0.1:8443", KBSCAFingerprint: caFP, TEE: "emulated-snp",
 		ResourcePath: "default/krun-tee/web", VCPUs: 2, MemoryMiB: 256}
-	if *lc != want {
+	// A verity image by default: the token holds the tree's root, and
+	// the summary says so.
+	if lc.Verity == nil || !strings.Contains(stdout.String(), fmt.Sprintf("integrity:      dm-verity, root %x", lc.Verity.RootHash)) {
+		t.Fatalf("no verity root in the token (%+v) or the summary:\n%s", lc.Verity, stdout.String())
+	}
+	want.Verity = lc.Verity
+	if !sameLaunchConfig(lc, &want) {
 		t.Fatalf("launch config %+v, want %+v", *lc, want)
 	}
 
@@ -180,11 +187,13 @@ func TestMkimageEndToEnd(t *testing.T) {
 	if err := json.Unmarshal(js.Bytes(), &ins); err != nil {
 		t.Fatal(err)
 	}
-	if ins.LaunchConfig == nil || *ins.LaunchConfig != want || len(ins.Keyslots) != 1 || ins.Keyslots[0].KDF.Iterations != 1000 ||
+	if ins.LaunchConfig == nil || !sameLaunchConfig(ins.LaunchConfig, &want) || len(ins.Keyslots) != 1 || ins.Keyslots[0].KDF.Iterations != 1000 ||
 		len(ins.Segments) != 1 || ins.Segments[0].SectorSize != 4096 || ins.PrimaryHeader != "ok" {
 		t.Fatalf("inspect: %s", js.String())
 	}
-	if strings.Contains(js.String(), "salt") || strings.Contains(js.String(), `"digest"`) {
+	// The one salt shown is the verity tree's (public: it is measured).
+	verSalt := fmt.Sprintf(`"salt": "%x"`, lc.Verity.Salt)
+	if strings.Count(js.String(), `"salt"`) != strings.Count(js.String(), verSalt) || strings.Contains(js.String(), `"digest"`) {
 		t.Fatalf("inspect shows salts or digests: %s", js.String())
 	}
 }
@@ -538,4 +547,15 @@ func TestMkimageRegistrationFlags(t *testing.T) {
 		hasFlag([]string{"--images", "x"}, "image") || hasFlag([]string{"--", "--image"}, "image") {
 		t.Error("hasFlag")
 	}
+}
+
+// sameLaunchConfig compares two launch configurations, the verity
+// parameters by value.
+func sameLaunchConfig(a, b *launchconfig.Config) bool {
+	x, y := *a, *b
+	x.Verity, y.Verity = nil, nil
+	if x != y || (a.Verity == nil) != (b.Verity == nil) {
+		return false
+	}
+	return a.Verity == nil || a.Verity.Equal(b.Verity)
 }
