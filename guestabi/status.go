@@ -10,8 +10,8 @@ import "fmt"
 // failure statuses:
 //
 //	0-99, 125      the workload's own exit status
-//	100-111        confidential stage (attestation, key, disk) failures
-//	112-118        reserved for later init steps; a workload may use them
+//	100-112        confidential stage (attestation, key, disk) failures
+//	113-118        reserved for later init steps; a workload may use them
 //	119            set by the host, never by init: the VMM stopped a stalled guest
 //	120-124        plain-path failures (setup, root, config, switch-root, exec)
 //	126, 127       the command could not be executed / was not found
@@ -52,6 +52,10 @@ const (
 	// StatusConfidentialInternal: the confidential stage failed for a reason of
 	// its own (for example no memory for the key derivation).
 	StatusConfidentialInternal = 111
+	// StatusVerity: the disk failed verification: the dm-verity root of the
+	// measured launch configuration does not match what the disk holds (a
+	// corrupted or rolled-back block, or a tree of another image).
+	StatusVerity = 112
 
 	// StatusStalled is reported by `krun-tee run` itself, never by init: a
 	// vCPU made no progress for the stall timeout and the VMM stopped the
@@ -99,6 +103,7 @@ var statusTable = map[int]statusEntry{
 	StatusDMCrypt:              {"dm-crypt", "activating the dm-crypt mapping failed"},
 	StatusMount:                {"mount", "the decrypted root filesystem would not mount"},
 	StatusConfidentialInternal: {"confidential", "the confidential boot stage failed internally"},
+	StatusVerity:               {"verity", "disk verification failed: the root disk does not match the measured dm-verity root (a corrupted or rolled-back block)"},
 	StatusStalled:              {"stall", "the VMM stopped the guest because a vCPU made no progress"},
 	StatusSetup:                {"setup", "mounting /proc, /sys, /dev, /run or reading /proc/cmdline failed"},
 	StatusRoot:                 {"root", "the root disk did not appear in time or would not mount"},

@@ -7,7 +7,7 @@ import (
 
 func TestTableIsDistinctAndInRange(t *testing.T) {
 	confidential := []int{StatusLaunchParams, StatusEvidence, StatusClock, StatusKBSUnreachable, StatusAttestationRefused, StatusKBSIdentity,
-		StatusKBSProtocol, StatusLUKSHeader, StatusWrongKey, StatusDMCrypt, StatusMount, StatusConfidentialInternal, StatusStalled}
+		StatusKBSProtocol, StatusLUKSHeader, StatusWrongKey, StatusDMCrypt, StatusMount, StatusConfidentialInternal, StatusVerity, StatusStalled}
 	plain := []int{StatusSetup, StatusRoot, StatusConfig, StatusSwitchRoot, StatusExec}
 	seen := map[int]bool{}
 	for _, c := range append(append([]int{}, confidential...), plain...) {
@@ -45,7 +45,8 @@ func TestDescribe(t *testing.T) {
 	}{
 		{0, "the workload exited with status 0"},
 		{42, "the workload exited with status 42"},
-		{112, "the workload exited with status 112"},
+		{113, "the workload exited with status 113"},
+		{112, "disk verification failed"},
 		{104, "refused the attestation"},
 		{105, "pinned CA"},
 		{108, "does not open the disk"},
@@ -62,7 +63,7 @@ func TestDescribe(t *testing.T) {
 			t.Errorf("Describe(%d) = %q, want it to contain %q", tt.code, got, tt.want)
 		}
 	}
-	if IsInitStatus(0) || IsInitStatus(112) || IsInitStatus(137) {
+	if IsInitStatus(0) || IsInitStatus(113) || IsInitStatus(137) {
 		t.Error("IsInit claims a workload status")
 	}
 }
@@ -77,6 +78,7 @@ func TestDescribePhrasesAreStable(t *testing.T) {
 		StatusWrongKey:           "does not open the disk",
 		StatusLUKSHeader:         "not a valid LUKS2",
 		StatusConfig:             "/.krun_config.json",
+		StatusVerity:             "disk verification failed",
 	} {
 		if got := DescribeStatus(code); !strings.Contains(got, phrase) {
 			t.Errorf("Describe(%d) = %q lost %q", code, got, phrase)

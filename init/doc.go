@@ -36,7 +36,7 @@
 // Exit status reported to the VMM (and by `krun-tee run`); the table is
 // exported by package guestabi so the host maps codes to text:
 //
-//	0-99, 125    the workload's own exit status (also 112-118, 128)
+//	0-99, 125    the workload's own exit status (also 113-118, 128)
 //	126          the command was found but could not be executed
 //	127          the command was not found
 //	128+N        the workload was killed by signal N
@@ -52,6 +52,7 @@
 //	109          dm-crypt: device-mapper activation failed
 //	110          mount: the decrypted root would not mount (the mapping is removed)
 //	111          confidential: internal failure of the confidential stage
+//	112          verity: the disk failed verification (dm-verity: a corrupted or rolled-back block, a foreign tree)
 //	119          stall: never init's: krun-tee run stopped a guest whose vCPU made no progress
 //	120          setup: mounting /proc, /sys, /dev, /run or reading /proc/cmdline failed
 //	121          root: the root disk did not appear in time or would not mount

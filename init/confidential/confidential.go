@@ -15,6 +15,7 @@ import (
 	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/luks/dm"
+	"github.com/krun-tee/krun-tee/verity"
 )
 
 // Error is a failure of one step of the confidential stage.
@@ -58,6 +59,7 @@ type KeyFetcher interface {
 // real one.
 type Mapper interface {
 	ActivateLUKS(name string, v *luks.Volume, volumeKey []byte, device string, readOnly bool) (*dm.Device, error)
+	ActivateVerityLUKS(name string, v *luks.Volume, volumeKey []byte, device string, p *verity.Params) (*dm.VerityOnLUKS, error)
 	Remove(name string) error
 	Close() error
 }
@@ -108,6 +110,10 @@ type Stage struct {
 	OpenMapper func() (Mapper, error)
 	// Mount mounts the decrypted block device as the new root.
 	Mount func(device string) error
+	// MountVerity mounts the dm-verity device read-only and makes the new
+	// root of it (with a writable overlay); used when Params.Verity is set.
+	// An error wrapping syscall.EIO is a verification failure.
+	MountVerity func(device string) error
 	// Now is the wall clock; default time.Now.
 	Now func() time.Time
 	// KBSBudget caps the KBS exchange; default DefaultKBSBudget.
@@ -133,7 +139,8 @@ func (s *Stage) reached(st guestabi.Stage) {
 // returns the active dm device. Key material it handled is zeroed before it
 // returns, whatever the outcome.
 func (s *Stage) Run(ctx context.Context) (*dm.Device, error) {
-	if s.Params == nil || s.Fetcher == nil || s.Device == "" || s.OpenMapper == nil || s.Mount == nil {
+	if s.Params == nil || s.Fetcher == nil || s.Device == "" || s.OpenMapper == nil || s.Mount == nil ||
+		(s.Params.Verity != nil && s.MountVerity == nil) {
 		return nil, fail(guestabi.StatusConfidentialInternal, errors.New("stage is missing its parameters, key fetcher, device, mapper or mount"))
 	}
 	now := time.Now
@@ -184,6 +191,9 @@ func (s *Stage) Run(ctx context.Context) (*dm.Device, error) {
 	if name == "" {
 		name = DefaultMapName
 	}
+	if s.Params.Verity != nil {
+		return s.activateVerity(m, name, vol, key)
+	}
 	dev, err := m.ActivateLUKS(name, vol, key, s.Device, false)
 	clear(key) // the kernel holds its own copy now (the table was loaded with DM_SECURE_DATA_FLAG)
 	if err != nil {
@@ -197,6 +207,34 @@ func (s *Stage) Run(ctx context.Context) (*dm.Device, error) {
 		return nil, fail(guestabi.StatusMount, err)
 	}
 	return dev, nil
+}
+
+// activateVerity maps the disk read-only with dm-verity on top, checked
+// against the measured root, and mounts it. A tree that does not belong to
+// the measured root, or a block that fails verification while mounting, is
+// StatusVerity: the disk failed verification.
+func (s *Stage) activateVerity(m Mapper, name string, vol *luks.Volume, key []byte) (*dm.Device, error) {
+	vs, err := m.ActivateVerityLUKS(name, vol, key, s.Device, s.Params.Verity)
+	clear(key) // the kernel holds its own copy now
+	switch {
+	case errors.Is(err, verity.ErrCorrupt):
+		return nil, fail(guestabi.StatusVerity, fmt.Errorf("%s: %w", s.Device, err))
+	case err != nil:
+		return nil, fail(guestabi.StatusDMCrypt, err)
+	}
+	s.reached(guestabi.StageDiskUnlocked)
+	if err := s.MountVerity(vs.Verity.Path); err != nil {
+		status := guestabi.StatusMount
+		if errors.Is(err, syscall.EIO) {
+			status = guestabi.StatusVerity
+			err = fmt.Errorf("%w (dm-verity refused a block of %s: the kernel log names it)", err, s.Device)
+		}
+		if rerr := errors.Join(m.Remove(vs.Verity.Name), m.Remove(vs.Crypt.Name)); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return nil, fail(status, err)
+	}
+	return vs.Verity, nil
 }
 
 // fetch runs the KBS exchange within the budget and classifies failures.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/krun-tee/krun-tee/luks"
 	"github.com/krun-tee/krun-tee/luks/dm"
+	"github.com/krun-tee/krun-tee/verity"
 )
 
 // makeImage formats a LUKS2 image for passphrase in a temp file and returns
@@ -43,6 +44,7 @@ type fakeMapper struct {
 	name        string
 	removed     []string
 	closed      bool
+	verity      *verity.Params // what ActivateVerityLUKS was asked to map
 }
 
 func (m *fakeMapper) ActivateLUKS(name string, v *luks.Volume, key []byte, device string, readOnly bool) (*dm.Device, error) {
@@ -57,6 +59,18 @@ func (m *fakeMapper) ActivateLUKS(name string, v *luks.Volume, key []byte, devic
 		return nil, m.activateErr
 	}
 	return &dm.Device{Name: name, Major: 253, Minor: 0, Path: "/dev/dm-0"}, nil
+}
+
+func (m *fakeMapper) ActivateVerityLUKS(name string, v *luks.Volume, key []byte, device string, p *verity.Params) (*dm.VerityOnLUKS, error) {
+	m.keyHeld, m.keyAtCall, m.device, m.name, m.verity = key, bytes.Clone(key), device, name, p
+	if _, err := dm.LUKSTarget(v, key, device); err != nil {
+		return nil, err
+	}
+	if m.activateErr != nil {
+		return nil, m.activateErr
+	}
+	return &dm.VerityOnLUKS{Crypt: &dm.Device{Name: name + "-crypt", Major: 253, Minor: 0, Path: "/dev/dm-0"},
+		Verity: &dm.Device{Name: name, Major: 253, Minor: 1, Path: "/dev/dm-1"}}, nil
 }
 
 func (m *fakeMapper) Remove(name string) error { m.removed = append(m.removed, name); return nil }

@@ -327,3 +327,65 @@ func TestNewKBSClient(t *testing.T) {
 		t.Fatalf("bad pin: %v", err)
 	}
 }
+
+// TestStageVerity: with krun.verity the disk is mapped through
+// ActivateVerityLUKS with the measured parameters and mounted by
+// MountVerity; a tree that does not match, or an I/O error while mounting
+// (dm-verity refusing a block), is StatusVerity, and nothing stays mapped.
+func TestStageVerity(t *testing.T) {
+	img, vk := makeImage(t, pass)
+	vp := &verity.Params{RootHash: bytes.Repeat([]byte{7}, verity.DigestSize), Salt: bytes.Repeat([]byte{1}, verity.DefaultSalt),
+		DataBlocks: 64, HashOffset: 64 * verity.BlockSize}
+	for _, tt := range []struct {
+		name             string
+		actErr, mountErr error
+		want             int
+	}{
+		{name: "success"},
+		{name: "superblock of another tree", actErr: fmt.Errorf("dm: verity hash area: %w", verity.ErrCorrupt), want: guestabi.StatusVerity},
+		{name: "activation failed", actErr: errors.New("dm: ioctl: EINVAL"), want: guestabi.StatusDMCrypt},
+		{name: "block refused while mounting", mountErr: fmt.Errorf("mount: %w", syscall.EIO), want: guestabi.StatusVerity},
+		{name: "mount failed otherwise", mountErr: fmt.Errorf("mount: %w", syscall.EINVAL), want: guestabi.StatusMount},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m := &fakeMapper{activateErr: tt.actErr}
+			var mounted, plainMounted string
+			params := testParams()
+			params.Verity = vp
+			f := &fakeFetcher{secret: pass}
+			s := &Stage{Params: params, Fetcher: f, Device: img,
+				OpenMapper:  func() (Mapper, error) { return m, nil },
+				Mount:       func(d string) error { plainMounted = d; return nil },
+				MountVerity: func(d string) error { mounted = d; return tt.mountErr }}
+			dev, err := s.Run(context.Background())
+			if got := 0; err != nil {
+				got = StatusOf(err)
+				if got != tt.want {
+					t.Fatalf("status %d (%v), want %d", got, err, tt.want)
+				}
+			} else if tt.want != 0 {
+				t.Fatalf("no error, want status %d", tt.want)
+			}
+			if m.verity != vp || !bytes.Equal(m.keyAtCall, vk) || !allZero(m.keyHeld) || !allZero(f.gave) {
+				t.Error("not mapped with the measured tree and the unlocked key, or key material left behind")
+			}
+			if plainMounted != "" {
+				t.Error("a verity disk went through the writable mount")
+			}
+			switch {
+			case tt.want == 0 && (dev == nil || dev.Path != "/dev/dm-1" || mounted != "/dev/dm-1"):
+				t.Errorf("device %+v mounted %q, want the verity device", dev, mounted)
+			case tt.mountErr != nil && strings.Join(m.removed, ",") != DefaultMapName+","+DefaultMapName+"-crypt":
+				t.Errorf("after a mount failure removed %v", m.removed)
+			}
+		})
+	}
+	// A verity stage without MountVerity is a programming error, not a boot.
+	params := testParams()
+	params.Verity = vp
+	s := &Stage{Params: params, Fetcher: &fakeFetcher{secret: pass}, Device: img,
+		OpenMapper: func() (Mapper, error) { return &fakeMapper{}, nil }, Mount: func(string) error { return nil }}
+	if _, err := s.Run(context.Background()); StatusOf(err) != guestabi.StatusConfidentialInternal {
+		t.Errorf("no MountVerity: %v", err)
+	}
+}
