@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 
 	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/guestabi"
@@ -57,11 +58,49 @@ func (g *guest) mountConfidentialRoot(cmdline string, bc bootConfig) error {
 		Device:          bc.Root,
 		OpenMapper:      func() (confidential.Mapper, error) { return dm.OpenControl() },
 		Mount:           func(dev string) error { return mountFS(dev, newRoot, bc.RootFSType, 0, "") },
+		MountVerity:     func(dev string) error { return mountOverlayRoot(dev, bc.RootFSType) },
 		MaxKDFMemoryKiB: kdfMemoryLimitKiB(),
 		Reached:         g.reached,
 	}
 	if _, err := stage.Run(context.Background()); err != nil {
 		return asInitError(err)
+	}
+	g.verityRoot = params.Verity != nil
+	return nil
+}
+
+// Where the dm-verity root's layers live, in the initramfs: hidden under
+// the new root once init switches to it (the overlay keeps them).
+const (
+	verityLower = "/krun-verity/lower" // the verified filesystem, read-only
+	overlayRW   = "/krun-verity/rw"    // tmpfs holding upper and work
+)
+
+// mountOverlayRoot mounts the verified device read-only and puts a writable
+// overlay over it at newRoot, its upper layer on tmpfs: writes (e.g. to
+// /tmp) work and vanish at power-off, and never reach the disk. An EIO from
+// the lower mount (dm-verity refusing a block) is returned wrapped.
+func mountOverlayRoot(dev, fstype string) error {
+	if err := mountFS(dev, verityLower, fstype, unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		if uerr := unix.Unmount(verityLower, 0); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("unmount %s: %w", verityLower, uerr))
+		}
+		return err
+	}
+	if err := mountFS("tmpfs", overlayRW, "tmpfs", 0, "mode=0755"); err != nil {
+		return fail(err)
+	}
+	for _, d := range []string{overlayRW + "/upper", overlayRW + "/work"} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return fail(fmt.Errorf("overlay: %w", err))
+		}
+	}
+	opts := "lowerdir=" + verityLower + ",upperdir=" + overlayRW + "/upper,workdir=" + overlayRW + "/work"
+	if err := mountFS("overlay", newRoot, "overlay", 0, opts); err != nil {
+		return fail(err)
 	}
 	return nil
 }

@@ -20,3 +20,8 @@ func kernelMessagesWanted(cmdline string) bool {
 // consoleLogLevelQuiet is the console log level while the workload runs:
 // only KERN_EMERG (a panic's last words) still reaches the console.
 const consoleLogLevelQuiet = "1"
+
+// consoleLogLevelErrors is the level on a dm-verity root: KERN_ERR and
+// worse still reach the console, so a block that fails verification while
+// the workload runs is named there.
+const consoleLogLevelErrors = "4"

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -25,6 +26,9 @@ type guest struct {
 	console     io.Writer
 	rootMounted bool // the root disk is mounted at newRoot
 	switched    bool // and is now /
+	// verityRoot: the root is a dm-verity device (krun.verity), so an I/O
+	// error reading it is a verification failure.
+	verityRoot bool
 	// portNode is the port device the boot stages are written to
 	// (portDevice; empty: stages are not reported).
 	portNode string
@@ -104,6 +108,9 @@ func (g *guest) boot() (int, error) {
 
 	data, err := boundedfile.Read(newRoot+workload.Path, maxWorkloadConfig)
 	if err != nil {
+		if g.verityRoot && errors.Is(err, unix.EIO) {
+			return 0, fail("verity", guestabi.StatusVerity, fmt.Errorf("%s: %w (dm-verity refused a block: the disk failed verification)", workload.Path, err))
+		}
 		return 0, fail("config", statusConfig, err)
 	}
 	cfg, err := workload.Parse(data)
@@ -139,7 +146,13 @@ func (g *guest) boot() (int, error) {
 
 	if !kernelMessagesWanted(string(raw)) {
 		// Not fatal: the workload runs either way, with kernel messages.
-		if err := os.WriteFile("/proc/sys/kernel/printk", []byte(consoleLogLevelQuiet), 0); err != nil {
+		level := consoleLogLevelQuiet
+		if g.verityRoot {
+			// dm-verity's "data block N is corrupted" (KERN_ERR) must
+			// reach the console when the workload later hits one.
+			level = consoleLogLevelErrors
+		}
+		if err := os.WriteFile("/proc/sys/kernel/printk", []byte(level), 0); err != nil {
 			fmt.Fprintf(console, "krun-init: console log level: %v\n", err)
 		}
 	}
