@@ -81,6 +81,12 @@ const (
 // /tmp) work and vanish at power-off, and never reach the disk. An EIO from
 // the lower mount (dm-verity refusing a block) is returned wrapped.
 func mountOverlayRoot(dev, fstype string) error {
+	// The filesystem's first block (ext4's superblock) is read here, not
+	// inside mount(2): a block dm-verity refuses there is reported as EIO
+	// whatever error the filesystem would have turned it into.
+	if err := readFirstBlock(dev); err != nil {
+		return err
+	}
 	if err := mountFS(dev, verityLower, fstype, unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
 		return err
 	}
@@ -144,4 +150,17 @@ func kdfMemoryLimitKiB() int {
 		half = 1 << 30
 	}
 	return int(half)
+}
+
+// readFirstBlock reads the first 4 KiB of dev.
+func readFirstBlock(dev string) error {
+	f, err := os.Open(dev)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.ReadAt(make([]byte, 4096), 0); err != nil {
+		return fmt.Errorf("read the first block of %s: %w", dev, err)
+	}
+	return nil
 }

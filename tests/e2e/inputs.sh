@@ -141,11 +141,17 @@ conf_bundle() {
 
 # conf_images: the LUKS2 images, registered with the dev KBS at $kbs_addr
 # (conf-snp by mkimage --admin-key, conf-tdx by kbs admin register --image).
+# All are dm-verity images (mkimage's default) but conf-none (--integrity
+# none); conf-old is an earlier build of conf-snp, never booted: the source
+# of the rolled-back block (conf_tampered).
 conf_images() {
 	local admin=(--kbs "https://$kbs_addr" --ca "$conf/kbs/ca.pem" --admin-key "$conf/kbs/admin.key" --subject e2e-host)
-	local cmd='echo krun-e2e-confidential tee=$(grep -o "krun.tee=[a-z-]*" /proc/cmdline | cut -d= -f2) root=$(awk "\$2 == \"/\" { r = \$1 } END { print r }" /proc/mounts) uptime=$(cut -d" " -f1 /proc/uptime); exit 3'
+	local cmd='echo krun-e2e-confidential tee=$(grep -o "krun.tee=[a-z-]*" /proc/cmdline | cut -d= -f2) root=$(awk "\$2 == \"/\" { r = \$1 } END { print r }" /proc/mounts) tmp=$(echo w >/tmp/krun-e2e-w && cat /tmp/krun-e2e-w) uptime=$(cut -d" " -f1 /proc/uptime); exit 3'
 	local common=(--rootfs "$base" --size 16M --env PATH=/bin:/usr/bin --cmd sh --cmd -c --cmd "$cmd"
 		--kbs-ca "$conf/kbs/ca.pem" --bundle "$conf/bundle")
+	"$krun_tee" mkimage "${common[@]}" -o "$e2e/images/conf-old.img" --workload-id conf-snp --tee emulated-snp \
+		--kbs https://127.0.0.1:8443 >"$work/mkimage-old.log" 2>&1 ||
+		{ conf_skip="mkimage of conf-old failed: $(tail -n 1 "$work/mkimage-old.log")"; return 1; }
 	"$krun_tee" mkimage "${common[@]}" -o "$e2e/images/conf-snp.img" --workload-id conf-snp --tee emulated-snp \
 		--kbs https://127.0.0.1:8443 --kbs-admin "https://$kbs_addr" --admin-key "$conf/kbs/admin.key" >"$work/mkimage-snp.log" 2>&1 ||
 		{ conf_skip="mkimage/registration of conf-snp failed: $(tail -n 1 "$work/mkimage-snp.log")"; return 1; }
@@ -154,6 +160,9 @@ conf_images() {
 		"$krun_tee" kbs admin "${admin[@]}" register --image "$e2e/images/conf-tdx.img" \
 			--passphrase-file "$e2e/images/conf-tdx.img.passphrase" --bundle "$conf/bundle" >>"$work/mkimage-tdx.log" 2>&1 ||
 		{ conf_skip="mkimage/registration of conf-tdx failed: $(tail -n 1 "$work/mkimage-tdx.log")"; return 1; }
+	"$krun_tee" mkimage "${common[@]}" -o "$e2e/images/conf-none.img" --workload-id conf-none --tee emulated-snp --integrity none \
+		--kbs https://127.0.0.1:8443 --kbs-admin "https://$kbs_addr" --admin-key "$conf/kbs/admin.key" >"$work/mkimage-none.log" 2>&1 ||
+		{ conf_skip="mkimage/registration of conf-none failed: $(tail -n 1 "$work/mkimage-none.log")"; return 1; }
 	# Names another KBS address (where the foreign KBS will answer); same pin.
 	"$krun_tee" mkimage "${common[@]}" -o "$e2e/images/conf-foreign.img" --workload-id conf-foreign --tee emulated-snp \
 		--kbs https://127.0.0.1:8445 --kbs-admin "https://$kbs_addr" --admin-key "$conf/kbs/admin.key" >"$work/mkimage-foreign.log" 2>&1 ||
@@ -179,7 +188,18 @@ conf_tampered() {
 	"$work/bin/imgtool" corrupt-headers "$e2e/images/conf-header.img" || { conf_skip="cannot corrupt the headers"; return 1; }
 	od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$conf/wrong.pass"
 	cp "$e2e/images/conf-snp.img.passphrase" "$conf/conf-snp.pass"
-	rm -f "$e2e/images/"*.passphrase
+	# One ciphertext byte flipped inside the ext4 superblock (data block 0
+	# of the verity tree): the sector decrypts to other plaintext.
+	cp "$e2e/images/conf-snp.img" "$e2e/images/conf-flip.img"
+	"$work/bin/imgtool" flip-payload -at 1088 "$e2e/images/conf-flip.img" || { conf_skip="cannot flip a payload byte"; return 1; }
+	# Data block 0 replaced by block 0 of the earlier build, encrypted under
+	# conf-snp's own key (a host replaying old content the owner wrote with
+	# the same key; imgtool transplant-block says why it must be re-encrypted).
+	cp "$e2e/images/conf-snp.img" "$e2e/images/conf-rollback.img"
+	"$work/bin/imgtool" transplant-block -block 0 -pass "$conf/conf-snp.pass" -from "$e2e/images/conf-old.img" \
+		-from-pass "$e2e/images/conf-old.img.passphrase" "$e2e/images/conf-rollback.img" ||
+		{ conf_skip="cannot transplant the old block"; return 1; }
+	rm -f "$e2e/images/conf-old.img" "$e2e/images/"*.passphrase
 }
 
 # write_config: $e2e/config.sh, what scenarios.sh reads in L1 (or directly);

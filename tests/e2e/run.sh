@@ -29,7 +29,10 @@
 # not-found, init-failure
 # (`krun-tee run --tee none`); and the confidential ones, LUKS2 images in the
 # emulated TEEs against a dev KBS with TLS in L1: conf-snp, conf-tdx, conf-oci (good
-# images: output, exit status, a release in the KBS audit log), refuse-root,
+# dm-verity images: output, writable /tmp, exit status, a release in the KBS
+# audit log), verity-flip, verity-rollback (a flipped ciphertext byte, a block
+# of an earlier build: "disk verification failed" after a release),
+# integrity-none (a writable --integrity none root boots), refuse-root,
 # refuse-token, refuse-cmdline, refuse-kernel (refused attestation, a refusal
 # and no release in the audit log), kbs-down (bounded retries), foreign-kbs
 # (CA pin), wrong-key, tampered-header. See scenarios.sh.
@@ -79,7 +82,7 @@ while [ $# -gt 0 ]; do
 	esac
 done
 plain_scenarios="kvm host-clock qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure"
-conf_scenarios="conf-snp conf-tdx conf-oci refuse-root refuse-token refuse-cmdline refuse-kernel kbs-down foreign-kbs wrong-key tampered-header"
+conf_scenarios="conf-snp conf-tdx conf-oci verity-flip verity-rollback integrity-none refuse-root refuse-token refuse-cmdline refuse-kernel kbs-down foreign-kbs wrong-key tampered-header"
 all_scenarios="$plain_scenarios $conf_scenarios"
 if [ -n "$shell_cmd" ]; then
 	expected="shell-cmd"

@@ -297,7 +297,10 @@ refusal() {
 	pass "$rn"
 }
 
-good() { # NAME IMAGE TEE
+# good NAME IMAGE TEE [ROOT]: a confidential boot that runs the workload; its
+# root is ROOT (default overlay: a dm-verity image's tmpfs overlay) and /tmp
+# is writable.
+good() {
 	mark=$(audit_mark "$KBS_STATE" "$KBS_ADDR")
 	krun_conf "$1" "$2"
 	# A good image that does not even finish booting makes every later
@@ -306,7 +309,7 @@ good() { # NAME IMAGE TEE
 	if [ "$rc" = 124 ] || [ "$rc" = 119 ] || grep -q "terminated signal received" "$WORK/$1.log"; then
 		CONF_BROKEN="$1 did not finish within ${STEP_TIMEOUT}s"
 	fi
-	expect "$1" 3 "^krun-e2e-confidential tee=$3 root=/dev/" || return
+	expect "$1" 3 "^krun-e2e-confidential tee=$3 root=${4:-overlay} tmp=w " || return
 	no_secret "$1" || return
 	audit_check "$1" "$KBS_STATE" "$KBS_ADDR" "$mark" release && pass "$1"
 }
@@ -320,10 +323,33 @@ sc_conf_tdx() { good conf-tdx conf-tdx emulated-tdx; }
 sc_conf_oci() {
 	mark=$(audit_mark "$KBS_STATE" "$KBS_ADDR")
 	krun_conf conf-oci conf-oci
-	expect conf-oci 3 "^krun-e2e-oci uid=1000:1000 cwd=/home/app home=1000:1000:700 hello=krun-e2e-oci-hello data=gone suid=4755 root=/dev/" || return
+	expect conf-oci 3 "^krun-e2e-oci uid=1000:1000 cwd=/home/app home=1000:1000:700 hello=krun-e2e-oci-hello data=gone suid=4755 root=overlay" || return
 	no_secret conf-oci || return
 	audit_check conf-oci "$KBS_STATE" "$KBS_ADDR" "$mark" release && pass conf-oci
 }
+
+# A dm-verity image whose disk the host altered: the attestation is fine (the
+# KBS releases the key), the guest refuses the disk before reading anything
+# from it: init's verification status, the one-line reason on the console,
+# and no workload output.
+verity_refused() { # NAME IMAGE
+	mark=$(audit_mark "$KBS_STATE" "$KBS_ADDR")
+	krun_conf "$1" "$2"
+	expect "$1" 112 "disk verification failed" || return
+	if ! grep -q "^krun-init: verity: " "$WORK/$1.log" || grep -q krun-e2e-confidential "$WORK/$1.log"; then
+		fail "$1" "no 'krun-init: verity:' line, or the workload ran"
+		dump "$WORK/$1.log"
+		return
+	fi
+	no_secret "$1" || return
+	audit_check "$1" "$KBS_STATE" "$KBS_ADDR" "$mark" release && pass "$1"
+}
+# One flipped ciphertext byte in the data area.
+sc_verity_flip() { verity_refused verity-flip conf-flip; }
+# One block replaced by the same block of an earlier build of the image.
+sc_verity_rollback() { verity_refused verity-rollback conf-rollback; }
+# --integrity none still boots, from a writable dm-crypt root.
+sc_integrity_none() { good integrity-none conf-none emulated-snp '/dev/[^ ]*'; }
 
 # The KBS trusts its own emulated root only; reports signed by another one
 # must not verify.
@@ -425,7 +451,7 @@ if [ -n "$SHELL_CMD" ]; then
 else
 	MAIN_KBS="" CONF_BROKEN=""
 	for sc in kvm host-clock qemu-echo qemu-exit-status qemu-persist echo exit-status persist vsock cpus user-workdir orphans not-found init-failure \
-		conf-snp conf-tdx conf-oci refuse-root refuse-token refuse-cmdline refuse-kernel kbs-down foreign-kbs wrong-key tampered-header; do
+		conf-snp conf-tdx conf-oci verity-flip verity-rollback integrity-none refuse-root refuse-token refuse-cmdline refuse-kernel kbs-down foreign-kbs wrong-key tampered-header; do
 		selected "$sc" || continue
 		case "$sc" in
 		qemu-*) if [ -z "$QEMU" ]; then fail "$sc" "no QEMU available"; continue; fi ;;
@@ -433,7 +459,7 @@ else
 		*) if [ ! -x "$KRUN_TEE" ]; then fail "$sc" "no krun-tee binary"; continue; fi ;;
 		esac
 		case "$sc" in
-		conf-* | refuse-* | kbs-down | foreign-kbs | wrong-key | tampered-header)
+		conf-* | verity-* | integrity-none | refuse-* | kbs-down | foreign-kbs | wrong-key | tampered-header)
 			if [ -n "$CONF_SKIP" ]; then fail "$sc" "no confidential inputs: $CONF_SKIP"; continue; fi
 			if [ -n "$CONF_BROKEN" ]; then fail "$sc" "not run: $CONF_BROKEN"; continue; fi
 			if [ -z "$MAIN_KBS" ]; then
