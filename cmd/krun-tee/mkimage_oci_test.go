@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/krun-tee/krun-tee/imagebuild"
 	"github.com/krun-tee/krun-tee/init/workload"
 	"github.com/krun-tee/krun-tee/luks"
 )
@@ -133,6 +135,15 @@ func TestMkimageFromOCI(t *testing.T) {
 	lc, err := v.ReadLaunchConfig()
 	if err != nil || lc.ImageDigest != digest.String() {
 		t.Fatalf("token %+v, %v: want image digest %s", lc, err, digest)
+	}
+	// The verity salt comes from the digest, so the root hash (and the
+	// measurement) is reproducible; the payloads compared below include
+	// the trees.
+	if lc.Verity == nil || !bytes.Equal(lc.Verity.Salt, imagebuild.VeritySalt([]byte(digest.String())).Salt) {
+		t.Fatalf("verity %+v: want the salt derived from %s", lc.Verity, digest)
+	}
+	if !strings.Contains(outB, fmt.Sprintf("root %x", lc.Verity.RootHash)) {
+		t.Fatalf("the second build has another verity root:\n%s", outB)
 	}
 
 	payloadA := decryptPayload(t, a, a+".passphrase")
