@@ -9,6 +9,9 @@
 // library options are built per request, the libraries' parsers run under
 // recover(), TD debug attributes and short TCB SVNs are checked here. The
 // package does no I/O except through an explicitly configured Fetcher.
+//
+// The evidence formats it reads and the report-data binding live in package
+// attest/trustee, which the guest links without this verifier.
 package attest
 
 import (
@@ -17,6 +20,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/krun-tee/krun-tee/attest/trustee"
 	"github.com/krun-tee/krun-tee/tee"
 )
 
@@ -40,13 +44,13 @@ const (
 )
 
 // maxEvidence bounds evidence documents; real ones are below 40 KiB.
-const maxEvidence = 1 << 20
+const maxEvidence = trustee.MaxEvidenceSize
 
 // Policy says what a verification accepts. The zero value accepts nothing:
 // ReportData, Measurements and Roots are required.
 type Policy struct {
 	// ReportData is the exact 64-byte REPORT_DATA (SNP) / REPORTDATA (TDX),
-	// normally BindReportData's result.
+	// normally trustee.BindReportData's result.
 	ReportData []byte
 	// Measurements are the allowed SNP MEASUREMENT or TDX MRTD values (48
 	// bytes each); empty refuses everything.
@@ -185,13 +189,13 @@ func Verify(tee TEE, evidence []byte, p Policy) (*Claims, error) {
 	}
 	switch tee {
 	case SNP:
-		ev, err := ParseSNPEvidence(evidence)
+		ev, err := trustee.ParseSNPEvidence(evidence)
 		if err != nil {
 			return nil, err
 		}
 		return VerifySNP(ev, p)
 	case TDX:
-		ev, err := ParseTDXEvidence(evidence)
+		ev, err := trustee.ParseTDXEvidence(evidence)
 		if err != nil {
 			return nil, err
 		}

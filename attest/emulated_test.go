@@ -26,6 +26,7 @@ import (
 	"testing"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/attest/trustee"
 	"github.com/krun-tee/krun-tee/sev"
 )
 
@@ -170,11 +171,11 @@ func TestSNPFlippedBits(t *testing.T) {
 		for _, bit := range []byte{0x01, 0x80} {
 			mut := bytes.Clone(raw)
 			mut[off] ^= bit
-			rep, err := attest.SNPReportFromRaw(mut)
+			rep, err := trustee.SNPReportFromRaw(mut)
 			if err != nil {
 				t.Fatal(err)
 			}
-			ev, _ := (&attest.SNPEvidence{Report: *rep, CertChain: []attest.SNPCertEntry{{CertType: ct, Data: vcek.Raw}}}).Marshal()
+			ev, _ := (&trustee.SNPEvidence{Report: *rep, CertChain: []trustee.SNPCertEntry{{CertType: ct, Data: vcek.Raw}}}).Marshal()
 			if cl, err := attest.Verify(attest.SNP, ev, c.policy); err == nil {
 				t.Errorf("%s (offset %#x bit %#x) flipped: accepted %+v", name, off, bit, cl)
 			}
@@ -287,7 +288,7 @@ func (c tdxCase) quote(t testing.TB) []byte {
 }
 
 func tdxEvidence(q []byte) []byte {
-	b, _ := json.Marshal(attest.NewTDXEvidence(q, nil))
+	b, _ := json.Marshal(trustee.NewTDXEvidence(q, nil))
 	return b
 }
 
@@ -388,7 +389,7 @@ func TestTDXMalformedQuotes(t *testing.T) {
 		binary.LittleEndian.PutUint32(m[off:], v)
 		return m
 	}
-	v5, _ := os.ReadFile("testdata/tdx_quote_5.dat")
+	v5, _ := os.ReadFile("trustee/testdata/tdx_quote_5.dat")
 	cases := []struct {
 		name string
 		ev   []byte
@@ -489,7 +490,7 @@ func TestPolicyFile(t *testing.T) {
 	}
 	// report_data_binding computes the Trustee binding.
 	jwk := json.RawMessage(`{"kty":"EC","crv":"P-256","x":"eA","y":"eQ"}`)
-	rd, _ := attest.BindReportData("nonce", jwk, "")
+	rd, _ := trustee.BindReportData("nonce", jwk, "")
 	pf, err = attest.ParsePolicyFile([]byte(`{"report_data_binding":{"nonce":"nonce","tee_pubkey":{"y":"eQ","x":"eA","kty":"EC","crv":"P-256"},"additional_evidence":""},"measurements":[]}`))
 	if err != nil {
 		t.Fatal(err)
@@ -513,7 +514,7 @@ func hexs(b []byte) string {
 func FuzzVerifySNP(f *testing.F) {
 	c := newSNPCase(f)
 	f.Add(c.evidence(f))
-	if b, err := os.ReadFile("testdata/evidence.json"); err == nil {
+	if b, err := os.ReadFile("trustee/testdata/evidence.json"); err == nil {
 		f.Add(b)
 	}
 	f.Add([]byte(`{"attestation_report":{"version":3},"cert_chain":null}`))
@@ -529,7 +530,7 @@ func FuzzVerifySNP(f *testing.F) {
 func FuzzVerifyTDX(f *testing.F) {
 	c := newTDXCase(f)
 	f.Add(c.quote(f))
-	for _, name := range []string{"testdata/tdx_quote_4.dat", "testdata/tdx_quote_5.dat"} {
+	for _, name := range []string{"trustee/testdata/tdx_quote_4.dat", "trustee/testdata/tdx_quote_5.dat"} {
 		if b, err := os.ReadFile(name); err == nil {
 			f.Add(b)
 		}
@@ -600,8 +601,8 @@ func TestSNPFetchesMissingVCEK(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep, _ := attest.SNPReportFromRaw(raw)
-	ev, _ := (&attest.SNPEvidence{Report: *rep}).Marshal()
+	rep, _ := trustee.SNPReportFromRaw(raw)
+	ev, _ := (&trustee.SNPEvidence{Report: *rep}).Marshal()
 	mustRefuse(t, "offline without VCEK", attest.SNP, ev, c.policy, "fetching is disabled")
 
 	chip := psp.ChipID()
@@ -695,14 +696,14 @@ func TestTDXEventLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev, _ := json.Marshal(attest.NewTDXEvidence(q, log))
+	ev, _ := json.Marshal(trustee.NewTDXEvidence(q, log))
 	cl, err := attest.Verify(attest.TDX, ev, c.policy)
 	if err != nil || cl.TDX.EventLog != 1 {
 		t.Fatalf("matching log: %v %+v", err, cl)
 	}
 	c.params.RTMRs[1][0] ^= 1
 	q, _ = m.Quote(c.params)
-	ev, _ = json.Marshal(attest.NewTDXEvidence(q, log))
+	ev, _ = json.Marshal(trustee.NewTDXEvidence(q, log))
 	mustRefuse(t, "log not matching RTMR1", attest.TDX, ev, c.policy, "event log replays RTMR1")
 	// Without a log, the claims say so.
 	cl, err = attest.Verify(attest.TDX, tdxEvidence(q), c.policy)

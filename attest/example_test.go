@@ -6,6 +6,7 @@ import (
 	"github.com/krun-tee/krun-tee/emulated/psp"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/attest/trustee"
 )
 
 // Example shows a KBS-side verification: bind the session nonce and the
@@ -18,7 +19,7 @@ func Example() {
 		panic(err)
 	}
 	jwk := json.RawMessage(`{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}`)
-	rd, err := attest.BindReportData("3q2+7w==", jwk, "")
+	rd, err := trustee.BindReportData("3q2+7w==", jwk, "")
 	if err != nil {
 		panic(err)
 	}

@@ -4,57 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"testing"
+
+	"github.com/krun-tee/krun-tee/attest/trustee"
 )
 
 // Fuzz targets for every parser of untrusted bytes in this package. Each
 // must return an error or a value, never panic, and round trips must hold.
-
-func FuzzParseSNPEvidence(f *testing.F) {
-	f.Add(readVector(f, "evidence.json"))
-	f.Add(rawEvidence(f, readVector(f, "test-report.bin"), "VCEK", readVector(f, "test-vcek.der")))
-	f.Add([]byte(`{"attestation_report":{"report_data":[256]},"cert_chain":[{"cert_type":{"OTHER":"x"},"data":[1]}]}`))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		ev, err := ParseSNPEvidence(b)
-		if err != nil {
-			return
-		}
-		raw, err := ev.Report.Raw()
-		if err != nil {
-			t.Fatalf("parsed evidence does not encode: %v", err)
-		}
-		back, err := SNPReportFromRaw(raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		raw2, err := back.Raw()
-		if err != nil || !bytes.Equal(raw, raw2) {
-			t.Fatalf("raw round trip differs (%v)", err)
-		}
-	})
-}
-
-func FuzzSNPReportFromRaw(f *testing.F) {
-	f.Add(readVector(f, "test-report.bin"))
-	f.Add(readVector(f, "test-vlek-report.bin"))
-	f.Add(make([]byte, SNPReportSize))
-	f.Fuzz(func(t *testing.T, raw []byte) {
-		r, err := SNPReportFromRaw(raw)
-		if err != nil {
-			return
-		}
-		out, err := r.Raw()
-		if err != nil {
-			t.Fatalf("decoded report does not encode: %v", err)
-		}
-		// Every field survives; only reserved bytes may differ.
-		r2, _ := SNPReportFromRaw(out)
-		j1, _ := json.Marshal(r)
-		j2, _ := json.Marshal(r2)
-		if !bytes.Equal(j1, j2) {
-			t.Fatal("fields changed in a raw round trip")
-		}
-	})
-}
 
 func FuzzParseTDXQuote(f *testing.F) {
 	f.Add(readVector(f, "tdx_quote_4.dat"))
@@ -67,22 +22,22 @@ func FuzzParseTDXQuote(f *testing.F) {
 		if _, err := ParseTDXQuote(q); err != nil {
 			return
 		}
-		ev, err := json.Marshal(NewTDXEvidence(q, q[:1]))
+		ev, err := json.Marshal(trustee.NewTDXEvidence(q, q[:1]))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ParseTDXEvidence(ev); err != nil {
+		if _, err := trustee.ParseTDXEvidence(ev); err != nil {
 			t.Fatalf("evidence of a parsable quote refused: %v", err)
 		}
 	})
 }
 
-func FuzzParseTDXEvidence(f *testing.F) {
-	ev, _ := json.Marshal(NewTDXEvidence(readVector(f, "tdx_quote_4.dat"), []byte{1, 2}))
+func FuzzDetectTEE(f *testing.F) {
+	ev, _ := json.Marshal(trustee.NewTDXEvidence(readVector(f, "tdx_quote_4.dat"), []byte{1, 2}))
 	f.Add(ev)
+	f.Add(readVector(f, "evidence.json"))
 	f.Add([]byte(`{"quote":"AAAA","cc_eventlog":null}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ParseTDXEvidence(b)
 		DetectTEE(b)
 	})
 }

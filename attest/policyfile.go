@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/krun-tee/krun-tee/attest/trustee"
 )
 
 // PolicyFile is the JSON policy format `krun-tee attest verify --policy`
@@ -97,7 +99,7 @@ func (pf *PolicyFile) Policy(available *Roots) (Policy, error) {
 		}
 		p.ReportData = rd
 	case pf.ReportDataBinding != nil:
-		rd, err := BindReportData(pf.ReportDataBinding.Nonce, pf.ReportDataBinding.TeePubKey, pf.ReportDataBinding.AdditionalEvidence)
+		rd, err := trustee.BindReportData(pf.ReportDataBinding.Nonce, pf.ReportDataBinding.TeePubKey, pf.ReportDataBinding.AdditionalEvidence)
 		if err != nil {
 			return p, err
 		}

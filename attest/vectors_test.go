@@ -7,11 +7,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/krun-tee/krun-tee/attest/trustee"
 )
 
 func readVector(t testing.TB, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile("testdata/" + name)
+	b, err := os.ReadFile("trustee/testdata/" + name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -21,12 +23,12 @@ func readVector(t testing.TB, name string) []byte {
 // rawEvidence wraps a raw report and its endorsement key in Trustee's form.
 func rawEvidence(t testing.TB, report []byte, certType string, cert []byte) []byte {
 	t.Helper()
-	r, err := SNPReportFromRaw(report)
+	r, err := trustee.SNPReportFromRaw(report)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ct, _ := json.Marshal(certType)
-	ev := SNPEvidence{Report: *r, CertChain: []SNPCertEntry{{CertType: ct, Data: cert}}}
+	ev := trustee.SNPEvidence{Report: *r, CertChain: []trustee.SNPCertEntry{{CertType: ct, Data: cert}}}
 	b, err := ev.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +53,7 @@ func TestRealSNPReportVerifiesWithEmbeddedRoots(t *testing.T) {
 		t.Run(c.report, func(t *testing.T) {
 			raw := readVector(t, c.report)
 			ev := rawEvidence(t, raw, c.certType, readVector(t, c.cert))
-			r, _ := SNPReportFromRaw(raw)
+			r, _ := trustee.SNPReportFromRaw(raw)
 			p := policyFor(r, DefaultRoots())
 			p.Now = time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
 			if _, err := Verify(SNP, ev, p); err == nil || !strings.Contains(err.Error(), "COMMITTED_TCB") {
@@ -84,30 +86,12 @@ func TestRealSNPReportVerifiesWithEmbeddedRoots(t *testing.T) {
 	}
 }
 
-func TestRawReportRoundTrip(t *testing.T) {
-	for _, name := range []string{"test-report.bin", "test-vlek-report.bin"} {
-		raw := readVector(t, name)
-		r, err := SNPReportFromRaw(raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		back, err := r.Raw()
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Reserved bytes are not carried; the vectors have them zero.
-		if !bytes.Equal(back, raw) {
-			t.Fatalf("%s: raw -> JSON -> raw differs", name)
-		}
-	}
-}
-
 // TestTrusteeEvidenceGenoaModelA0 covers the vector's CPUID model 0xA0 trap:
 // go-sev-guest maps it to "Unknown"; we verify it against the Genoa roots
 // (its VCEK is issued by SEV-Genoa) and refuse it without them.
 func TestTrusteeEvidenceGenoaModelA0(t *testing.T) {
 	b := readVector(t, "evidence.json")
-	ev, err := ParseSNPEvidence(b)
+	ev, err := trustee.ParseSNPEvidence(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +120,7 @@ func TestTrusteeEvidenceGenoaModelA0(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev2, err := ParseSNPEvidence(again)
+	ev2, err := trustee.ParseSNPEvidence(again)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,8 +145,8 @@ func TestTDXQuoteVectors(t *testing.T) {
 		t.Fatalf("v5: %v", err)
 	}
 	// Trustee form round trip.
-	evb, _ := json.Marshal(NewTDXEvidence(q4, nil))
-	ev, err := ParseTDXEvidence(evb)
+	evb, _ := json.Marshal(trustee.NewTDXEvidence(q4, nil))
+	ev, err := trustee.ParseTDXEvidence(evb)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,12 +8,12 @@ import (
 	"net"
 	"os"
 
-	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/init/confidential"
 	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
 	"github.com/krun-tee/krun-tee/luks/dm"
+	"github.com/krun-tee/krun-tee/tee"
 	"golang.org/x/sys/unix"
 )
 
@@ -121,12 +121,12 @@ type stageProvider struct {
 }
 
 // Evidence returns the wrapped provider's evidence.
-func (p *stageProvider) Evidence(reportData [64]byte) (attest.TEE, []byte, error) {
-	tee, ev, err := p.Provider.Evidence(reportData)
+func (p *stageProvider) Evidence(reportData [64]byte) (tee.TEE, []byte, error) {
+	kind, ev, err := p.Provider.Evidence(reportData)
 	if err == nil {
 		p.reached(guestabi.StageEvidence)
 	}
-	return tee, ev, err
+	return kind, ev, err
 }
 
 // asInitError turns a confidential-stage error into init's one-line failure.

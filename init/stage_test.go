@@ -7,8 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/guestabi"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
 // portFile is a plain file standing in for /dev/port: a write at offset N
@@ -69,8 +69,8 @@ func TestGuestReached(t *testing.T) {
 
 type fakeProvider struct{ err error }
 
-func (f fakeProvider) TEE() attest.TEE { return "fake" }
-func (f fakeProvider) Evidence([64]byte) (attest.TEE, []byte, error) {
+func (f fakeProvider) TEE() tee.TEE { return "fake" }
+func (f fakeProvider) Evidence([64]byte) (tee.TEE, []byte, error) {
 	if f.err != nil {
 		return "", nil, f.err
 	}
@@ -82,9 +82,9 @@ func (f fakeProvider) Evidence([64]byte) (attest.TEE, []byte, error) {
 func TestStageProvider(t *testing.T) {
 	var got []guestabi.Stage
 	p := &stageProvider{Provider: fakeProvider{}, reached: func(s guestabi.Stage) { got = append(got, s) }}
-	tee, ev, err := p.Evidence([64]byte{})
-	if err != nil || tee != "fake" || string(ev) != "evidence" || p.TEE() != "fake" {
-		t.Fatalf("Evidence = %q %q %v", tee, ev, err)
+	kind, ev, err := p.Evidence([64]byte{})
+	if err != nil || kind != "fake" || string(ev) != "evidence" || p.TEE() != "fake" {
+		t.Fatalf("Evidence = %q %q %v", kind, ev, err)
 	}
 	if len(got) != 1 || got[0] != guestabi.StageEvidence {
 		t.Fatalf("reached %v, want [evidence]", got)

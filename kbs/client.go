@@ -19,19 +19,20 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/attest/trustee"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
 // EvidenceProvider produces Trustee-form evidence whose REPORT_DATA is reportData.
 type EvidenceProvider interface {
-	Evidence(reportData [64]byte) (tee attest.TEE, evidence []byte, err error)
+	Evidence(reportData [64]byte) (kind tee.TEE, evidence []byte, err error)
 }
 
 // EvidenceFunc adapts a function to EvidenceProvider.
-type EvidenceFunc func(reportData [64]byte) (attest.TEE, []byte, error)
+type EvidenceFunc func(reportData [64]byte) (tee.TEE, []byte, error)
 
 // Evidence calls f.
-func (f EvidenceFunc) Evidence(rd [64]byte) (attest.TEE, []byte, error) { return f(rd) }
+func (f EvidenceFunc) Evidence(rd [64]byte) (tee.TEE, []byte, error) { return f(rd) }
 
 // ClientOptions configures a KBS client.
 type ClientOptions struct {
@@ -40,7 +41,7 @@ type ClientOptions struct {
 	// Provider produces the evidence.
 	Provider EvidenceProvider
 	// TEE is announced in auth; empty: ask the provider (TEETyper).
-	TEE attest.TEE
+	TEE tee.TEE
 	// Dial, when set, opens the transport connection (the init uses vsock).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// CAFingerprint is the hex SHA-256 of the DER of the CA certificate the
@@ -318,7 +319,7 @@ func (c *Client) Attest(ctx context.Context) (*Attested, error) {
 	if err != nil {
 		return nil, err
 	}
-	rd, err := attest.BindReportData(ch.Nonce, key.PublicJWK(), "")
+	rd, err := trustee.BindReportData(ch.Nonce, key.PublicJWK(), "")
 	if err != nil {
 		return nil, fmt.Errorf("kbs: attest: %w", err)
 	}
@@ -350,9 +351,9 @@ func (c *Client) Attest(ctx context.Context) (*Attested, error) {
 }
 
 // TEETyper is implemented by providers that know their TEE without producing evidence.
-type TEETyper interface{ TEE() attest.TEE }
+type TEETyper interface{ TEE() tee.TEE }
 
-func (c *Client) providerTEE() (attest.TEE, error) {
+func (c *Client) providerTEE() (tee.TEE, error) {
 	if c.o.TEE != "" {
 		return c.o.TEE, nil
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/google/go-sev-guest/kds"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/attest/trustee"
 )
 
 // Files of DIR/snp besides attest's public ARK/ASK certificates.
@@ -409,55 +410,55 @@ func (p *PSP) Report(r ReportParams) ([]byte, *x509.Certificate, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	tcb := func() attest.SNPTCB {
+	tcb := func() trustee.SNPTCB {
 		pt := kds.DecomposeTCBVersion(kds.TCBVersion(r.TCB))
-		return attest.SNPTCB{Bootloader: pt.BlSpl, TEE: pt.TeeSpl, SNP: pt.SnpSpl, Microcode: pt.UcodeSpl}
+		return trustee.SNPTCB{Bootloader: pt.BlSpl, TEE: pt.TeeSpl, SNP: pt.SnpSpl, Microcode: pt.UcodeSpl}
 	}
 	reportID := make([]byte, 32)
 	if _, err := rand.Read(reportID); err != nil {
 		return nil, nil, err
 	}
 	fam, model, step := uint8(emulatedFamily), uint8(emulatedModel), uint8(emulatedStepping)
-	fw := attest.SNPVersion{Major: p.cfg.FWMajor, Minor: p.cfg.FWMinor, Build: p.cfg.FWBuild}
-	rep := attest.SNPReport{
+	fw := trustee.SNPVersion{Major: p.cfg.FWMajor, Minor: p.cfg.FWMinor, Build: p.cfg.FWBuild}
+	rep := trustee.SNPReport{
 		Version:         3,
 		Policy:          r.Policy,
-		FamilyID:        make(attest.Bytes, 16),
-		ImageID:         make(attest.Bytes, 16),
+		FamilyID:        make(trustee.Bytes, 16),
+		ImageID:         make(trustee.Bytes, 16),
 		VMPL:            r.VMPL,
 		SigAlgo:         1, // ECDSA P-384 with SHA-384
 		CurrentTCB:      tcb(),
 		PlatInfo:        1, // SMT enabled
 		KeyInfo:         0, // signed by the VCEK
-		ReportData:      append(attest.Bytes(nil), r.ReportData[:]...),
-		Measurement:     append(attest.Bytes(nil), r.Measurement[:]...),
-		HostData:        append(attest.Bytes(nil), r.HostData[:]...),
-		IDKeyDigest:     make(attest.Bytes, 48),
-		AuthorKeyDigest: make(attest.Bytes, 48),
+		ReportData:      append(trustee.Bytes(nil), r.ReportData[:]...),
+		Measurement:     append(trustee.Bytes(nil), r.Measurement[:]...),
+		HostData:        append(trustee.Bytes(nil), r.HostData[:]...),
+		IDKeyDigest:     make(trustee.Bytes, 48),
+		AuthorKeyDigest: make(trustee.Bytes, 48),
 		ReportID:        reportID,
-		ReportIDMA:      attest.Bytes(bytesOf(0xff, 32)),
+		ReportIDMA:      trustee.Bytes(bytesOf(0xff, 32)),
 		ReportedTCB:     tcb(),
 		CPUIDFamID:      &fam,
 		CPUIDModID:      &model,
 		CPUIDStep:       &step,
-		ChipID:          append(attest.Bytes(nil), r.ChipID[:]...),
+		ChipID:          append(trustee.Bytes(nil), r.ChipID[:]...),
 		CommittedTCB:    tcb(),
 		Current:         fw,
 		Committed:       fw,
 		LaunchTCB:       tcb(),
-		Signature:       attest.SNPSignature{R: make(attest.Bytes, 72), S: make(attest.Bytes, 72)},
+		Signature:       trustee.SNPSignature{R: make(trustee.Bytes, 72), S: make(trustee.Bytes, 72)},
 	}
 	raw, err := rep.Raw()
 	if err != nil {
 		return nil, nil, err
 	}
-	digest := sha512.Sum384(raw[:attest.SNPSignedSize])
+	digest := sha512.Sum384(raw[:trustee.SNPSignedSize])
 	sr, ss, err := ecdsa.Sign(rand.Reader, v.key, digest[:])
 	if err != nil {
 		return nil, nil, fmt.Errorf("emulated psp: sign report: %w", err)
 	}
-	putLE(raw[attest.SNPSignedSize:attest.SNPSignedSize+72], sr)
-	putLE(raw[attest.SNPSignedSize+72:attest.SNPSignedSize+144], ss)
+	putLE(raw[trustee.SNPSignedSize:trustee.SNPSignedSize+72], sr)
+	putLE(raw[trustee.SNPSignedSize+72:trustee.SNPSignedSize+144], ss)
 	return raw, v.cert, nil
 }
 
@@ -468,11 +469,11 @@ func (p *PSP) Evidence(r ReportParams) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep, err := attest.SNPReportFromRaw(raw)
+	rep, err := trustee.SNPReportFromRaw(raw)
 	if err != nil {
 		return nil, err
 	}
-	ev := attest.SNPEvidence{Report: *rep, CertChain: []attest.SNPCertEntry{{CertType: json.RawMessage(`"VCEK"`), Data: cert.Raw}}}
+	ev := trustee.SNPEvidence{Report: *rep, CertChain: []trustee.SNPCertEntry{{CertType: json.RawMessage(`"VCEK"`), Data: cert.Raw}}}
 	return ev.Marshal()
 }
 

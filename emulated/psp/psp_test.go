@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/attest/trustee"
 	"github.com/krun-tee/krun-tee/sev"
 )
 
@@ -130,7 +131,7 @@ func TestEmulatedReportLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(raw) != attest.SNPReportSize || !bytes.Equal(raw[0x90:0xc0], rp.Measurement[:]) || !bytes.Equal(raw[0x50:0x90], rp.ReportData[:]) ||
+	if len(raw) != trustee.SNPReportSize || !bytes.Equal(raw[0x90:0xc0], rp.Measurement[:]) || !bytes.Equal(raw[0x50:0x90], rp.ReportData[:]) ||
 		!bytes.Equal(raw[0xc0:0xe0], rp.HostData[:]) || raw[0x30] != 2 || raw[0x08+2] != 0x0b {
 		t.Fatal("report fields not at their ABI offsets")
 	}
@@ -192,16 +193,16 @@ func TestVCEKMismatch(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rep, _ := attest.SNPReportFromRaw(raw)
-		ev, _ := (&attest.SNPEvidence{Report: *rep, CertChain: []attest.SNPCertEntry{{CertType: json.RawMessage(`"VCEK"`), Data: forged.Raw}}}).Marshal()
+		rep, _ := trustee.SNPReportFromRaw(raw)
+		ev, _ := (&trustee.SNPEvidence{Report: *rep, CertChain: []trustee.SNPCertEntry{{CertType: json.RawMessage(`"VCEK"`), Data: forged.Raw}}}).Marshal()
 		_, err = attest.Verify(attest.SNP, ev, pol)
 		if err == nil || !strings.Contains(err.Error(), "refused by policy") || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s mismatch: %v", c.name, err)
 		}
 	}
 	// The genuine certificate still passes.
-	rep, _ := attest.SNPReportFromRaw(raw)
-	ev, _ := (&attest.SNPEvidence{Report: *rep, CertChain: []attest.SNPCertEntry{{CertType: json.RawMessage(`"VCEK"`), Data: cert.Raw}}}).Marshal()
+	rep, _ := trustee.SNPReportFromRaw(raw)
+	ev, _ := (&trustee.SNPEvidence{Report: *rep, CertChain: []trustee.SNPCertEntry{{CertType: json.RawMessage(`"VCEK"`), Data: cert.Raw}}}).Marshal()
 	if _, err := attest.Verify(attest.SNP, ev, pol); err != nil {
 		t.Fatal(err)
 	}

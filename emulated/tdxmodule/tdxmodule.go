@@ -34,6 +34,7 @@ import (
 	pb "github.com/google/go-tdx-guest/proto/tdx"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/attest/trustee"
 )
 
 // Files of DIR/tdx besides attest's public root.pem and pcs.json.
@@ -613,7 +614,7 @@ func (m *Module) Evidence(q QuoteParams) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(attest.NewTDXEvidence(raw, nil))
+	return json.Marshal(trustee.NewTDXEvidence(raw, nil))
 }
 
 // maxCollateralFile bounds module.json and pcs.json (PCS collateral is a few KiB).

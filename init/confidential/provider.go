@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
@@ -68,15 +67,15 @@ func (e *EvidenceError) Unwrap() error { return e.Err }
 type markedProvider struct{ p evidence.Provider }
 
 // TEE implements kbs.TEETyper.
-func (m markedProvider) TEE() attest.TEE { return m.p.TEE() }
+func (m markedProvider) TEE() tee.TEE { return m.p.TEE() }
 
 // Evidence implements kbs.EvidenceProvider.
-func (m markedProvider) Evidence(rd [64]byte) (attest.TEE, []byte, error) {
-	tee, ev, err := m.p.Evidence(rd)
+func (m markedProvider) Evidence(rd [64]byte) (tee.TEE, []byte, error) {
+	kind, ev, err := m.p.Evidence(rd)
 	if err != nil {
 		return "", nil, &EvidenceError{err}
 	}
-	return tee, ev, nil
+	return kind, ev, nil
 }
 
 // ProviderEnv is what ChooseProvider may use.
@@ -98,9 +97,9 @@ func ChooseProvider(p *guestabi.LaunchParams, env ProviderEnv) (evidence.Provide
 		if env.DialQuote == nil {
 			return nil, fail(guestabi.StatusEvidence, errors.New("no connection to the host's emulated quote provider"))
 		}
-		kind := attest.SNP
+		kind := tee.SNP
 		if p.TEE == tee.EmulatedTDX {
-			kind = attest.TDX
+			kind = tee.TDX
 		}
 		prov = &evidence.Remote{Kind: kind, Dial: env.DialQuote}
 	case tee.SNP, tee.TDX:

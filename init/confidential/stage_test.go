@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/krun-tee/krun-tee/attest"
 	"github.com/krun-tee/krun-tee/guestabi"
 	"github.com/krun-tee/krun-tee/kbs"
 	"github.com/krun-tee/krun-tee/kbs/evidence"
@@ -213,10 +212,10 @@ func TestCheckClock(t *testing.T) {
 }
 
 // fakeHW is a hardware provider for ChooseProvider.
-type fakeHW struct{ tee attest.TEE }
+type fakeHW struct{ kind tee.TEE }
 
-func (f fakeHW) TEE() attest.TEE { return f.tee }
-func (f fakeHW) Evidence([64]byte) (attest.TEE, []byte, error) {
+func (f fakeHW) TEE() tee.TEE { return f.kind }
+func (f fakeHW) Evidence([64]byte) (tee.TEE, []byte, error) {
 	return "", nil, errors.New("fake hardware: no quote")
 }
 
@@ -228,15 +227,15 @@ func TestCmdlineToProvider(t *testing.T) {
 		name    string
 		cmdline string
 		detect  func() (evidence.Provider, error)
-		want    attest.TEE // "" when a failure is expected
+		want    tee.TEE // "" when a failure is expected
 		remote  bool
 		status  int
 	}{
-		{name: "emulated snp uses the host relay", cmdline: base + "krun.tee=emulated-snp", want: attest.SNP, remote: true},
-		{name: "emulated tdx uses the host relay", cmdline: base + "krun.tee=emulated-tdx", want: attest.TDX, remote: true},
-		{name: "snp hardware", cmdline: base + "krun.tee=snp", detect: func() (evidence.Provider, error) { return fakeHW{attest.SNP}, nil }, want: attest.SNP},
-		{name: "tdx hardware", cmdline: base + "krun.tee=tdx", detect: func() (evidence.Provider, error) { return fakeHW{attest.TDX}, nil }, want: attest.TDX},
-		{name: "announced tdx on snp hardware", cmdline: base + "krun.tee=tdx", detect: func() (evidence.Provider, error) { return fakeHW{attest.SNP}, nil }, status: guestabi.StatusEvidence},
+		{name: "emulated snp uses the host relay", cmdline: base + "krun.tee=emulated-snp", want: tee.SNP, remote: true},
+		{name: "emulated tdx uses the host relay", cmdline: base + "krun.tee=emulated-tdx", want: tee.TDX, remote: true},
+		{name: "snp hardware", cmdline: base + "krun.tee=snp", detect: func() (evidence.Provider, error) { return fakeHW{tee.SNP}, nil }, want: tee.SNP},
+		{name: "tdx hardware", cmdline: base + "krun.tee=tdx", detect: func() (evidence.Provider, error) { return fakeHW{tee.TDX}, nil }, want: tee.TDX},
+		{name: "announced tdx on snp hardware", cmdline: base + "krun.tee=tdx", detect: func() (evidence.Provider, error) { return fakeHW{tee.SNP}, nil }, status: guestabi.StatusEvidence},
 		{name: "snp without a guest device", cmdline: base + "krun.tee=snp", detect: func() (evidence.Provider, error) { return nil, evidence.ErrNoTEE }, status: guestabi.StatusEvidence},
 		{name: "tee none is refused", cmdline: base + "krun.tee=none", status: guestabi.StatusEvidence},
 		{name: "tee none is refused unpinned too", cmdline: "krun.workload=wl krun.kbs=http://127.0.0.1:8080 krun.kbs_unpinned=1 krun.resource=a/b/c krun.tee=none", status: guestabi.StatusEvidence},
@@ -317,7 +316,7 @@ func TestLaunchKeysMatchFormat(t *testing.T) {
 
 func TestNewKBSClient(t *testing.T) {
 	p := testParams()
-	prov := markedProvider{fakeHW{attest.SNP}}
+	prov := markedProvider{fakeHW{tee.SNP}}
 	if _, err := NewKBSClient(p, prov, nil, nil); err != nil {
 		t.Fatalf("pinned client: %v", err)
 	}

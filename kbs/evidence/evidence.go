@@ -21,14 +21,15 @@ import (
 	sevclient "github.com/google/go-sev-guest/client"
 	tdxclient "github.com/google/go-tdx-guest/client"
 
-	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/attest/trustee"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
 // Provider is what kbs.Client needs: the TEE announced in auth and evidence
 // whose REPORT_DATA is the given binding.
 type Provider interface {
-	TEE() attest.TEE
-	Evidence(reportData [64]byte) (attest.TEE, []byte, error)
+	TEE() tee.TEE
+	Evidence(reportData [64]byte) (tee.TEE, []byte, error)
 }
 
 // Limits on what a guest interface may hand back.
@@ -49,11 +50,11 @@ var certTypes = map[string]string{
 // table (configfs auxblob or the extended-report certificates) to Trustee-form
 // evidence. Unknown table entries are dropped.
 func SNPFromRaw(raw, certTable []byte) ([]byte, error) {
-	rep, err := attest.SNPReportFromRaw(raw)
+	rep, err := trustee.SNPReportFromRaw(raw)
 	if err != nil {
 		return nil, fmt.Errorf("evidence: snp report: %w", err)
 	}
-	ev := attest.SNPEvidence{Report: *rep}
+	ev := trustee.SNPEvidence{Report: *rep}
 	if len(certTable) > 0 {
 		entries, err := parseCertTable(certTable)
 		if err != nil {
@@ -66,7 +67,7 @@ func SNPFromRaw(raw, certTable []byte) ([]byte, error) {
 
 // parseCertTable reads a GHCB certificate table; go-sev-guest's parser can
 // panic on overflowing offsets, so it runs under recover.
-func parseCertTable(b []byte) (out []attest.SNPCertEntry, err error) {
+func parseCertTable(b []byte) (out []trustee.SNPCertEntry, err error) {
 	if len(b) > maxCertTable {
 		return nil, fmt.Errorf("evidence: snp certificate table is %d bytes, more than %d", len(b), maxCertTable)
 	}
@@ -85,7 +86,7 @@ func parseCertTable(b []byte) (out []attest.SNPCertEntry, err error) {
 			continue
 		}
 		ct, _ := json.Marshal(name)
-		out = append(out, attest.SNPCertEntry{CertType: ct, Data: append(attest.Bytes(nil), e.RawCert...)})
+		out = append(out, trustee.SNPCertEntry{CertType: ct, Data: append(trustee.Bytes(nil), e.RawCert...)})
 	}
 	return out, nil
 }
@@ -95,33 +96,33 @@ func TDXFromQuote(quote []byte) ([]byte, error) {
 	if len(quote) == 0 || len(quote) > maxQuote {
 		return nil, fmt.Errorf("evidence: tdx quote is %d bytes, want 1..%d", len(quote), maxQuote)
 	}
-	return json.Marshal(attest.NewTDXEvidence(quote, nil))
+	return json.Marshal(trustee.NewTDXEvidence(quote, nil))
 }
 
 // ConfigFS gets reports through the kernel's configfs-tsm interface
 // (/sys/kernel/config/tsm/report, Linux >= 6.7), for SNP and TDX alike.
 type ConfigFS struct {
 	// Tee is the TEE this guest runs in (see Detect).
-	Tee attest.TEE
+	Tee tee.TEE
 }
 
 // TEE implements Provider.
-func (c *ConfigFS) TEE() attest.TEE { return c.Tee }
+func (c *ConfigFS) TEE() tee.TEE { return c.Tee }
 
 // Evidence implements Provider.
-func (c *ConfigFS) Evidence(rd [64]byte) (attest.TEE, []byte, error) {
-	resp, err := linuxtsm.GetReport(&report.Request{InBlob: rd[:], GetAuxBlob: c.Tee == attest.SNP})
+func (c *ConfigFS) Evidence(rd [64]byte) (tee.TEE, []byte, error) {
+	resp, err := linuxtsm.GetReport(&report.Request{InBlob: rd[:], GetAuxBlob: c.Tee == tee.SNP})
 	if err != nil {
 		return "", nil, fmt.Errorf("evidence: configfs-tsm: %w", err)
 	}
 	provider := strings.TrimSpace(resp.Provider)
 	switch {
-	case c.Tee == attest.SNP && provider == "sev_guest":
+	case c.Tee == tee.SNP && provider == "sev_guest":
 		ev, err := SNPFromRaw(resp.OutBlob, resp.AuxBlob)
-		return attest.SNP, ev, err
-	case c.Tee == attest.TDX && provider == "tdx_guest":
+		return tee.SNP, ev, err
+	case c.Tee == tee.TDX && provider == "tdx_guest":
 		ev, err := TDXFromQuote(resp.OutBlob)
-		return attest.TDX, ev, err
+		return tee.TDX, ev, err
 	}
 	return "", nil, fmt.Errorf("evidence: configfs-tsm provider %q does not serve tee %s", provider, c.Tee)
 }
@@ -130,10 +131,10 @@ func (c *ConfigFS) Evidence(rd [64]byte) (attest.TEE, []byte, error) {
 type SEVGuest struct{}
 
 // TEE implements Provider.
-func (SEVGuest) TEE() attest.TEE { return attest.SNP }
+func (SEVGuest) TEE() tee.TEE { return tee.SNP }
 
 // Evidence implements Provider.
-func (SEVGuest) Evidence(rd [64]byte) (attest.TEE, []byte, error) {
+func (SEVGuest) Evidence(rd [64]byte) (tee.TEE, []byte, error) {
 	d, err := sevclient.OpenDevice()
 	if err != nil {
 		return "", nil, fmt.Errorf("evidence: /dev/sev-guest: %w", err)
@@ -151,17 +152,17 @@ func (SEVGuest) Evidence(rd [64]byte) (attest.TEE, []byte, error) {
 		raw = raw[:abi.ReportSize]
 	}
 	ev, err := SNPFromRaw(raw, certs)
-	return attest.SNP, ev, err
+	return tee.SNP, ev, err
 }
 
 // TDXGuest gets quotes through /dev/tdx_guest.
 type TDXGuest struct{}
 
 // TEE implements Provider.
-func (TDXGuest) TEE() attest.TEE { return attest.TDX }
+func (TDXGuest) TEE() tee.TEE { return tee.TDX }
 
 // Evidence implements Provider.
-func (TDXGuest) Evidence(rd [64]byte) (attest.TEE, []byte, error) {
+func (TDXGuest) Evidence(rd [64]byte) (tee.TEE, []byte, error) {
 	d, err := tdxclient.OpenDevice()
 	if err != nil {
 		return "", nil, fmt.Errorf("evidence: /dev/tdx_guest: %w", err)
@@ -172,7 +173,7 @@ func (TDXGuest) Evidence(rd [64]byte) (attest.TEE, []byte, error) {
 		return "", nil, fmt.Errorf("evidence: /dev/tdx_guest: %w", err)
 	}
 	ev, err := TDXFromQuote(q)
-	return attest.TDX, ev, err
+	return tee.TDX, ev, err
 }
 
 // Paths probed by Detect.
@@ -188,19 +189,19 @@ var ErrNoTEE = errors.New("evidence: no SEV-SNP or TDX guest interface found")
 // Detect picks the hardware provider: configfs-tsm when present (the TEE is
 // given by which guest device exists), else the device ioctls.
 func Detect() (Provider, error) {
-	tee := attest.TEE("")
+	kind := tee.TEE("")
 	if exists(sevGuestDevice) {
-		tee = attest.SNP
+		kind = tee.SNP
 	} else if exists(tdxGuestDevice) {
-		tee = attest.TDX
+		kind = tee.TDX
 	}
-	if tee == "" {
+	if kind == "" {
 		return nil, ErrNoTEE
 	}
 	if exists(configfsTSMReport) {
-		return &ConfigFS{Tee: tee}, nil
+		return &ConfigFS{Tee: kind}, nil
 	}
-	if tee == attest.SNP {
+	if kind == tee.SNP {
 		return SEVGuest{}, nil
 	}
 	return TDXGuest{}, nil

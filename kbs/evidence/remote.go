@@ -13,7 +13,7 @@ import (
 	"net"
 	"time"
 
-	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
 // The emulated TEEs live in the host VMM (the PSP's and TDX module's signing
@@ -42,7 +42,7 @@ type QuoteRequest struct {
 
 // QuoteResponse is the host's answer.
 type QuoteResponse struct {
-	TEE      attest.TEE      `json:"tee,omitempty"`
+	TEE      tee.TEE         `json:"tee,omitempty"`
 	Evidence json.RawMessage `json:"evidence,omitempty"`
 	Error    string          `json:"error,omitempty"`
 }
@@ -51,15 +51,15 @@ type QuoteResponse struct {
 // emulated TEE over a connection opened by Dial (vsock in the guest).
 type Remote struct {
 	// Kind is the TEE the guest was launched as; the host's answer must match.
-	Kind attest.TEE
+	Kind tee.TEE
 	Dial func(ctx context.Context) (net.Conn, error)
 }
 
 // TEE implements Provider.
-func (r *Remote) TEE() attest.TEE { return r.Kind }
+func (r *Remote) TEE() tee.TEE { return r.Kind }
 
 // Evidence implements Provider.
-func (r *Remote) Evidence(rd [64]byte) (attest.TEE, []byte, error) {
+func (r *Remote) Evidence(rd [64]byte) (tee.TEE, []byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), quoteTimeout)
 	defer cancel()
 	conn, err := r.Dial(ctx)
@@ -129,11 +129,11 @@ func answerQuote(r io.Reader, p Provider) QuoteResponse {
 	}
 	var rd [64]byte
 	copy(rd[:], raw)
-	tee, ev, err := p.Evidence(rd)
+	kind, ev, err := p.Evidence(rd)
 	if err != nil {
 		return QuoteResponse{Error: err.Error()}
 	}
-	return QuoteResponse{TEE: tee, Evidence: ev}
+	return QuoteResponse{TEE: kind, Evidence: ev}
 }
 
 // readMessage reads one newline-terminated JSON object of bounded size.

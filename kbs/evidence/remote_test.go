@@ -10,18 +10,18 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/tee"
 )
 
 // fakeProvider records the report data it was asked for.
 type fakeProvider struct {
-	tee attest.TEE
+	tee tee.TEE
 	got [64]byte
 	err error
 }
 
-func (f *fakeProvider) TEE() attest.TEE { return f.tee }
-func (f *fakeProvider) Evidence(rd [64]byte) (attest.TEE, []byte, error) {
+func (f *fakeProvider) TEE() tee.TEE { return f.tee }
+func (f *fakeProvider) Evidence(rd [64]byte) (tee.TEE, []byte, error) {
 	f.got = rd
 	if f.err != nil {
 		return "", nil, f.err
@@ -51,39 +51,39 @@ func serve(t *testing.T, p Provider) func(ctx context.Context) (net.Conn, error)
 }
 
 func TestRemoteRoundTrip(t *testing.T) {
-	p := &fakeProvider{tee: attest.TDX}
-	r := &Remote{Kind: attest.TDX, Dial: serve(t, p)}
+	p := &fakeProvider{tee: tee.TDX}
+	r := &Remote{Kind: tee.TDX, Dial: serve(t, p)}
 	var rd [64]byte
 	for i := range rd {
 		rd[i] = byte(i)
 	}
-	tee, ev, err := r.Evidence(rd)
+	kind, ev, err := r.Evidence(rd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tee != attest.TDX || !bytes.Contains(ev, []byte(`"quote"`)) || p.got != rd {
-		t.Fatalf("tee %s evidence %s report data %x", tee, ev, p.got)
+	if kind != tee.TDX || !bytes.Contains(ev, []byte(`"quote"`)) || p.got != rd {
+		t.Fatalf("tee %s evidence %s report data %x", kind, ev, p.got)
 	}
 }
 
 func TestRemoteErrors(t *testing.T) {
 	var rd [64]byte
-	refused := &Remote{Kind: attest.SNP, Dial: serve(t, &fakeProvider{tee: attest.SNP, err: errors.New("no launch digest yet")})}
+	refused := &Remote{Kind: tee.SNP, Dial: serve(t, &fakeProvider{tee: tee.SNP, err: errors.New("no launch digest yet")})}
 	if _, _, err := refused.Evidence(rd); err == nil || !strings.Contains(err.Error(), "refused: no launch digest yet") {
 		t.Errorf("refusal: %v", err)
 	}
-	mismatch := &Remote{Kind: attest.SNP, Dial: serve(t, &fakeProvider{tee: attest.TDX})}
+	mismatch := &Remote{Kind: tee.SNP, Dial: serve(t, &fakeProvider{tee: tee.TDX})}
 	if _, _, err := mismatch.Evidence(rd); err == nil || !strings.Contains(err.Error(), "launched as \"snp\"") {
 		t.Errorf("tee mismatch: %v", err)
 	}
-	down := &Remote{Kind: attest.SNP, Dial: func(context.Context) (net.Conn, error) { return nil, errors.New("connection reset") }}
+	down := &Remote{Kind: tee.SNP, Dial: func(context.Context) (net.Conn, error) { return nil, errors.New("connection reset") }}
 	if _, _, err := down.Evidence(rd); err == nil || !strings.Contains(err.Error(), "connect: connection reset") {
 		t.Errorf("down: %v", err)
 	}
 }
 
 func TestAnswerQuoteRejectsBadRequests(t *testing.T) {
-	p := &fakeProvider{tee: attest.SNP}
+	p := &fakeProvider{tee: tee.SNP}
 	cases := []struct{ in, want string }{
 		{`{"report_data":"00"}` + "\n", "128 hex digits"},
 		{`{"report_data":"` + strings.Repeat("zz", 64) + `"}` + "\n", "128 hex digits"},
@@ -104,7 +104,7 @@ func FuzzAnswerQuote(f *testing.F) {
 	f.Add([]byte(`{"report_data":"` + strings.Repeat("00", 64) + `"}` + "\n"))
 	f.Add([]byte("{}\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		resp := answerQuote(bytes.NewReader(in), &fakeProvider{tee: attest.SNP})
+		resp := answerQuote(bytes.NewReader(in), &fakeProvider{tee: tee.SNP})
 		if (resp.Error == "") == (resp.Evidence == nil) {
 			t.Fatalf("response must carry exactly one of error and evidence: %+v", resp)
 		}

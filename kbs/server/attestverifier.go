@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/attest/trustee"
 )
 
 // AttestVerifier is the production Verifier: attest.Verify against a fixed set
@@ -98,5 +99,5 @@ func claimsFromAttest(c *attest.Claims) *Claims {
 
 // bindReportData is the RCAR 0.4.0 report-data binding (DESIGN 2.5).
 func bindReportData(nonce string, teePubKey []byte, additional string) ([64]byte, error) {
-	return attest.BindReportData(nonce, teePubKey, additional)
+	return trustee.BindReportData(nonce, teePubKey, additional)
 }

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/attest/trustee"
 	"github.com/krun-tee/krun-tee/kbs"
 )
 
@@ -26,7 +26,7 @@ func flowCrypto(b *testing.B, fx teeFixture, v Verifier, ts *TokenSigner, meas [
 	if err != nil {
 		b.Fatal(err)
 	}
-	rd, err := attest.BindReportData(nonce, k.PublicJWK(), "")
+	rd, err := trustee.BindReportData(nonce, k.PublicJWK(), "")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/attest/trustee"
 	"github.com/krun-tee/krun-tee/kbs"
 )
 
@@ -49,7 +50,7 @@ func emulatedSNPFixture(t testing.TB) teeFixture {
 			return &AttestVerifier{Roots: attest.DefaultRoots().With(trusted.Roots())}
 		},
 		tamper: func(t testing.TB, ev []byte) []byte {
-			e, err := attest.ParseSNPEvidence(ev)
+			e, err := trustee.ParseSNPEvidence(ev)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,7 +113,7 @@ func emulatedTDXFixture(t testing.TB) teeFixture {
 			return &AttestVerifier{Roots: attest.DefaultRoots().With(trusted.Roots())}
 		},
 		tamper: func(t testing.TB, ev []byte) []byte {
-			e, err := attest.ParseTDXEvidence(ev)
+			e, err := trustee.ParseTDXEvidence(ev)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -125,7 +126,7 @@ func emulatedTDXFixture(t testing.TB) teeFixture {
 			// TDATTRIBUTES 8, XFAM 8, MRTD 48, MRCONFIGID 48).
 			const mrConfigIDOff = 48 + 16 + 48 + 48 + 8 + 8 + 8 + 48
 			q[mrConfigIDOff] ^= 1
-			b, err := json.Marshal(attest.NewTDXEvidence(q, nil))
+			b, err := json.Marshal(trustee.NewTDXEvidence(q, nil))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/attest/trustee"
 	"github.com/krun-tee/krun-tee/kbs"
 )
 
@@ -261,7 +262,7 @@ func attestBody(t testing.TB, p kbs.EvidenceProvider, nonce string) (string, *kb
 	if err != nil {
 		t.Fatal(err)
 	}
-	rd, err := attest.BindReportData(nonce, k.PublicJWK(), "")
+	rd, err := trustee.BindReportData(nonce, k.PublicJWK(), "")
 	if err != nil {
 		t.Fatal(err)
 	}

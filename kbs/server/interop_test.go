@@ -10,6 +10,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/krun-tee/krun-tee/attest"
+	"github.com/krun-tee/krun-tee/attest/trustee"
 	"github.com/krun-tee/krun-tee/kbs"
 )
 
@@ -37,7 +38,7 @@ func TestTrusteeShapedAttestation(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Trustee-shaped attestation does not parse: %v", err)
 	}
-	if _, err := attest.ParseSNPEvidence(a.TEEEvidence.PrimaryEvidence); err != nil {
+	if _, err := trustee.ParseSNPEvidence(a.TEEEvidence.PrimaryEvidence); err != nil {
 		t.Fatalf("evidence: %v", err)
 	}
 	st, body, _ = e.raw("POST", "/kbs/v0/attest", att, cookieHdr(cookie))
@@ -57,7 +58,7 @@ func TestRSAKeyFlow(t *testing.T) {
 	priv, _ := rsa.GenerateKey(rand.Reader, 2048)
 	jwk, _ := (&jose.JSONWebKey{Key: &priv.PublicKey, Algorithm: "RSA-OAEP-256"}).MarshalJSON()
 	cookie, nonce := e.auth(fx.tee)
-	rd, _ := attest.BindReportData(nonce, jwk, "")
+	rd, _ := trustee.BindReportData(nonce, jwk, "")
 	_, ev, _ := fx.provider(t, meas).Evidence(rd)
 	body, _ := json.Marshal(kbs.Attestation{RuntimeData: kbs.RuntimeData{Nonce: nonce, TEEPubKey: jwk}, TEEEvidence: kbs.TEEEvidence{PrimaryEvidence: ev}})
 	if st, b, _ := e.raw("POST", "/kbs/v0/attest", string(body), cookieHdr(cookie)); st != 200 {

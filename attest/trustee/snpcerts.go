@@ -1,4 +1,4 @@
-package attest
+package trustee
 
 import (
 	"encoding/binary"

@@ -1,4 +1,4 @@
-package attest
+package trustee
 
 import (
 	"bytes"
@@ -193,8 +193,8 @@ const (
 // ParseSNPEvidence decodes Trustee-form SNP evidence and checks every field
 // has its ABI size; the report is not verified.
 func ParseSNPEvidence(b []byte) (*SNPEvidence, error) {
-	if len(b) > maxEvidence {
-		return nil, fmt.Errorf("attest: snp evidence is %d bytes, more than %d", len(b), maxEvidence)
+	if len(b) > MaxEvidenceSize {
+		return nil, fmt.Errorf("attest: snp evidence is %d bytes, more than %d", len(b), MaxEvidenceSize)
 	}
 	var ev SNPEvidence
 	if err := json.Unmarshal(b, &ev); err != nil {
