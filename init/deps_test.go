@@ -27,17 +27,12 @@ var allowedOwn = []string{
 	"launchconfig", // the launch configuration's validator, shared with the host
 	"tee",          // the TEE type
 	"internal/boundedfile",
-	"internal/pemfile", // attest's root loading
-	"kbs",              // the KBS client side only: protocol types, client, JWK/JWE, vsock dialer
-	"kbs/evidence",     // the guest's quote providers
+	"kbs",            // the KBS client side only: protocol types, client, JWK/JWE, vsock dialer
+	"kbs/evidence",   // the guest's quote providers
+	"attest/trustee", // Trustee's evidence formats and the report-data binding, without the verifier
 	"luks",
 	"luks/dm",
 	"verity", // the measured dm-verity parameters (krun.verity) and superblock check
-	// attest is linked for the TEE names, the report-data binding and the
-	// evidence encoders; its verifier (and so go-sev-guest/verify,
-	// go-tdx-guest/verify and pcs below) comes along until the evidence
-	// format is split from the verifier.
-	"attest",
 }
 
 // allowedThirdParty are the import-path prefixes of the other modules the
@@ -65,21 +60,10 @@ var allowedThirdParty = []string{
 	"github.com/google/go-tdx-guest/client",
 	"github.com/google/go-tdx-guest/client/linuxabi",
 	"github.com/google/go-tdx-guest/proto/tdx",
-	// ... and their verifiers, through attest (see allowedOwn).
-	"github.com/google/go-sev-guest/kds",
-	"github.com/google/go-sev-guest/proto/check",
-	"github.com/google/go-sev-guest/validate",
-	"github.com/google/go-sev-guest/verify",
-	"github.com/google/go-sev-guest/verify/trust",
-	"github.com/google/go-tdx-guest/pcs",
-	"github.com/google/go-tdx-guest/proto/checkconfig",
-	"github.com/google/go-tdx-guest/validate",
-	"github.com/google/go-tdx-guest/verify",
-	"github.com/google/go-tdx-guest/verify/trust",
-	"google.golang.org/protobuf/", // the go-*-guest report protos
+	"google.golang.org/protobuf/", // the go-*-guest report protos (abi converts to them)
 	"github.com/google/logger",    // go-sev-guest, go-tdx-guest
-	"github.com/google/uuid",      // go-sev-guest/kds
-	"go.uber.org/multierr",        // go-sev-guest/validate
+	"github.com/google/uuid",      // go-sev-guest/abi (certificate table GUIDs)
+	"go.uber.org/multierr",        // go-configfs-tsm
 }
 
 // forbidden names what must never reach the guest, with the reason the test
@@ -96,11 +80,26 @@ var forbidden = []struct{ prefix, why string }{
 	{initModule + "virtio", "a host-side device model"},
 	{initModule + "sev", "host-side SEV launch measurement"},
 	{initModule + "tdx", "host-side TDX launch measurement"},
+	{"github.com/google/go-sev-guest/verify", "go-sev-guest's verifier (host-side, through attest)"},
+	{"github.com/google/go-sev-guest/validate", "go-sev-guest's policy validation (host-side, through attest)"},
+	{"github.com/google/go-sev-guest/kds", "AMD KDS collateral (host-side, through attest)"},
+	{"github.com/google/go-tdx-guest/verify", "go-tdx-guest's verifier (host-side, through attest)"},
+	{"github.com/google/go-tdx-guest/validate", "go-tdx-guest's policy validation (host-side, through attest)"},
+	{"github.com/google/go-tdx-guest/pcs", "Intel PCS collateral (host-side, through attest)"},
 	{"github.com/jackc/", "the PostgreSQL driver"},
 	{"go.etcd.io/bbolt", "the KBS's embedded store"},
 	{"github.com/prometheus/", "a metrics library"},
 	{"golang.org/x/term", "terminal handling for the host command"},
 	{"github.com/go-jose/go-jose/v4/jwt", "JWT handling (KBS tokens and admin auth are server-side)"},
+}
+
+// forbiddenExact names single packages that must never reach the guest
+// although a package below them may (forbidden covers whole trees).
+var forbiddenExact = []struct{ path, why string }{
+	// attest verifies evidence on the host and links go-sev-guest's and
+	// go-tdx-guest's verifiers and collateral clients; the guest builds
+	// evidence and binds its key with attest/trustee and names TEEs with tee.
+	{initModule + "attest", "the attestation verifier (the guest needs only attest/trustee and tee)"},
 }
 
 // TestInitDependencies lists what the init links, built as the Makefile
@@ -135,6 +134,11 @@ func TestInitDependencies(t *testing.T) {
 
 // refusal returns why the init may not link package p, or "" if it may.
 func refusal(p string) string {
+	for _, f := range forbiddenExact {
+		if p == f.path {
+			return "forbidden: " + f.why
+		}
+	}
 	for _, f := range forbidden {
 		if p == f.prefix || strings.HasPrefix(p, strings.TrimSuffix(f.prefix, "/")+"/") {
 			return "forbidden: " + f.why
@@ -173,7 +177,15 @@ func TestRefusal(t *testing.T) {
 		"github.com/google/go-sev-guest/client":         "",
 		"github.com/google/go-sev-guest/testing":        "not in allowedThirdParty",
 		"github.com/go-jose/go-jose/v4/jwt":             "forbidden: JWT handling",
-		"github.com/krun-tee/krun-tee/internal/pemfile": "",
+		"github.com/krun-tee/krun-tee/internal/pemfile": "a krun-tee package not in allowedOwn",
+		"github.com/krun-tee/krun-tee/attest":           "forbidden: the attestation verifier",
+		"github.com/krun-tee/krun-tee/attest/trustee":   "",
+		"github.com/krun-tee/krun-tee/attest/roots":     "a krun-tee package not in allowedOwn",
+		"github.com/google/go-sev-guest/verify":         "forbidden: go-sev-guest's verifier",
+		"github.com/google/go-sev-guest/verify/trust":   "forbidden: go-sev-guest's verifier",
+		"github.com/google/go-tdx-guest/pcs":            "forbidden: Intel PCS",
+		"github.com/google/go-sev-guest/abi":            "",
+		"github.com/google/uuid":                        "",
 	} {
 		if got := refusal(p); !strings.HasPrefix(got, want) || (want == "") != (got == "") {
 			t.Errorf("refusal(%q) = %q, want prefix %q", p, got, want)
