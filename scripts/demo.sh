@@ -97,7 +97,7 @@ for applet in $("$busybox" --list); do [ "$applet" = busybox ] || ln -s busybox 
 echo "Hello from inside a confidential microVM!" >"$rootfs/etc/greeting"
 "$bin" mkimage --rootfs "$rootfs" -o "$demo/demo.img" --workload-id demo --tee emulated-snp \
 	--kbs "$kbs_url" --kbs-ca "$demo/kbs/ca.pem" --size 16M --env PATH=/bin \
-	--cmd sh --cmd -c --cmd 'cat /etc/greeting; echo "kernel $(uname -r), root filesystem $(awk "\$2 == \"/\" { r = \$1 } END { print r }" /proc/mounts) (dm-crypt)"; exit 7' \
+	--cmd sh --cmd -c --cmd 'cat /etc/greeting; echo "kernel $(uname -r); root: $(awk "\$2 == \"/\" { r = \$3 } END { print r }" /proc/mounts) over device-mapper $(cat /sys/block/dm-*/dm/name | tr "\n" " ")(dm-verity on dm-crypt)"; exit 7' \
 	>"$work/mkimage.log" 2>&1 || { cat "$work/mkimage.log" >&2; die "mkimage failed"; }
 grep -E '^(image|workload id|tee|kbs|kbs ca sha256|passphrase): ' "$work/mkimage.log" | sed 's/^/    /'
 
