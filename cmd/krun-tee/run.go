@@ -225,7 +225,7 @@ func runFailed(format string, args ...any) error {
 // hostRefused reports whether err says the host, not the image, is the
 // problem: no usable KVM or no real TEE.
 func hostRefused(err error) bool {
-	return errors.Is(err, vmm.ErrSoftwareKVM) || errors.Is(err, launch.ErrRealLaunchUnimplemented) ||
+	return errors.Is(err, vmm.ErrSoftwareKVM) || errors.Is(err, launch.ErrRealLaunchUnimplemented) || errors.Is(err, launch.ErrNoHardwareTEE) ||
 		errors.Is(err, os.ErrNotExist) && strings.Contains(err.Error(), "/dev/kvm")
 }
 

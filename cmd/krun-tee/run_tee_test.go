@@ -163,6 +163,7 @@ func TestRunConfidentialRefusals(t *testing.T) {
 		{[]string{"--bundle", bundle, "--tee", "emulated-tdx", "--emulated-root", t.TempDir(), img}, "has no tdx/ directory"},
 		{[]string{"--bundle", bundle, realImg}, "no SEV-SNP/TDX on this host; use --tee emulated-snp|emulated-tdx"},
 		{[]string{"--bundle", bundle, "--tee", "auto", img}, "no SEV-SNP/TDX on this host"},
+		{[]string{"--bundle", bundle, "--tee", "auto", img}, "`krun-tee host check` shows what this host can run"},
 		{[]string{"--bundle", t.TempDir(), img}, "missing shim.bin"},
 	} {
 		stderr := captureRunStderr(t)
