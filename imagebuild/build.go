@@ -156,21 +156,7 @@ type Result struct {
 // failure it removes what it created. The launch configuration is validated
 // first, so an image that cannot boot is never built.
 func Build(ctx context.Context, o *Options) (_ *Result, err error) {
-	if err := o.Launch.Validate(); err != nil {
-		return nil, err
-	}
-	if err := o.Workload.Validate(); err != nil {
-		return nil, err
-	}
-	configJSON, err := o.Workload.Marshal()
-	if err != nil {
-		return nil, err
-	}
-	size, err := o.imageSize()
-	if err != nil {
-		return nil, err
-	}
-	f, err := createExclusive(o.Output, o.Force, 0o644, "output")
+	f, size, lc, err := o.buildPlaintext(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -183,26 +169,7 @@ func Build(ctx context.Context, o *Options) (_ *Result, err error) {
 			}
 		}
 	}()
-	if err := f.Truncate(size); err != nil {
-		return nil, fmt.Errorf("output: %w", err)
-	}
-	withVerity, _ := o.verityOn() // checked by imageSize
-	fsSize := FilesystemSize(size, withVerity)
-	if o.Filesystem != nil {
-		err = o.Filesystem(ctx, o.Output, luks.DefaultDataOffset, fsSize, configJSON)
-	} else {
-		err = makeFilesystem(ctx, o.Output, o.Rootfs, fsSize, configJSON)
-	}
-	if err != nil {
-		return nil, err
-	}
-	lc := o.Launch
-	if withVerity {
-		if lc.Verity, err = o.formatVerity(f, fsSize); err != nil {
-			return nil, err
-		}
-	}
-	res, err := o.encrypt(ctx, f, size, &lc)
+	res, err := o.encrypt(ctx, f, size, lc)
 	if err != nil {
 		return nil, err
 	}
@@ -215,6 +182,75 @@ func Build(ctx context.Context, o *Options) (_ *Result, err error) {
 		}
 	}
 	return res, nil
+}
+
+// PredictLaunchConfig returns the launch configuration (with the dm-verity
+// root) that Build would store in the image o describes, without encrypting
+// anything: it builds the plaintext filesystem and its tree into o.Output,
+// which it removes again. With a reproducible filesystem (--from-oci) this is
+// what lets `krun-tee measure` predict an image's measurement from its
+// sources alone.
+func PredictLaunchConfig(ctx context.Context, o *Options) (*launchconfig.Config, error) {
+	f, _, lc, err := o.buildPlaintext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	f.Close()
+	if err := os.Remove(o.Output); err != nil {
+		return nil, fmt.Errorf("output: %w", err)
+	}
+	return lc, nil
+}
+
+// buildPlaintext validates o, creates o.Output at the image size, writes the
+// filesystem (and the verity tree after it) into its data area and returns
+// the open file and the launch configuration to store. On failure it removes
+// o.Output.
+func (o *Options) buildPlaintext(ctx context.Context) (_ *os.File, _ int64, _ *launchconfig.Config, err error) {
+	if err := o.Launch.Validate(); err != nil {
+		return nil, 0, nil, err
+	}
+	if err := o.Workload.Validate(); err != nil {
+		return nil, 0, nil, err
+	}
+	configJSON, err := o.Workload.Marshal()
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	size, err := o.imageSize()
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	f, err := createExclusive(o.Output, o.Force, 0o644, "output")
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(o.Output)
+		}
+	}()
+	if err := f.Truncate(size); err != nil {
+		return nil, 0, nil, fmt.Errorf("output: %w", err)
+	}
+	withVerity, _ := o.verityOn() // checked by imageSize
+	fsSize := FilesystemSize(size, withVerity)
+	if o.Filesystem != nil {
+		err = o.Filesystem(ctx, o.Output, luks.DefaultDataOffset, fsSize, configJSON)
+	} else {
+		err = makeFilesystem(ctx, o.Output, o.Rootfs, fsSize, configJSON)
+	}
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	lc := o.Launch
+	if withVerity {
+		if lc.Verity, err = o.formatVerity(f, fsSize); err != nil {
+			return nil, 0, nil, err
+		}
+	}
+	return f, size, &lc, nil
 }
 
 // imageSize checks the inputs and returns the image size: o.Size, or the

@@ -20,7 +20,10 @@ import (
 )
 
 func init() {
-	register(command{name: "measure", summary: "print the SNP MEASUREMENT and TDX MRTD/RTMRs an image (or a bare kernel) launches with", run: func(ctx context.Context, args []string) error {
+	register(command{name: "measure", summary: "print the SNP MEASUREMENT and TDX MRTD/RTMRs an image (or a bare kernel, or a container image) launches with", run: func(ctx context.Context, args []string) error {
+		if fromOCIRequested(args) {
+			return measureFromOCI(ctx, args, os.Stdout, os.Stderr)
+		}
 		return runMeasure(args, os.Stdout, os.Stderr)
 	}})
 }
@@ -40,7 +43,8 @@ type pageLine struct {
 }
 
 const measureSynopsis = "measure IMAGE [--tee snp|tdx|emulated-snp|emulated-tdx] [--cpus N] [--memory MiB] [--bundle DIR] [--cmdline-extra S] [--pages] [--json]\n" +
-	"       krun-tee measure --kernel FILE [--initrd FILE] [--cmdline STR] [--cpus N] [--memory MiB] [--vmsa-features N] [--pages] [--json]"
+	"       krun-tee measure --kernel FILE [--initrd FILE] [--cmdline STR] [--cpus N] [--memory MiB] [--vmsa-features N] [--pages] [--json]\n" +
+	"       krun-tee " + measureOCISynopsis
 
 func runMeasure(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("measure", measureSynopsis, stderr)
@@ -199,6 +203,12 @@ func measureImageCmd(o imageMeasureOptions, stdout io.Writer) error {
 		}
 		return printPages(l, launch.VMSAFeatures, stdout)
 	}
+	return printSpecMeasurements(spec, o.asJSON, stdout)
+}
+
+// printSpecMeasurements measures spec and prints the result (the value the
+// TEE reports first, which is the one to register, first).
+func printSpecMeasurements(spec *launch.Spec, asJSON bool, stdout io.Writer) error {
 	m, err := spec.Measure()
 	if err != nil {
 		return fmt.Errorf("measure: %w", err)
@@ -210,11 +220,10 @@ func measureImageCmd(o imageMeasureOptions, stdout io.Writer) error {
 	for i, r := range m.RTMRs {
 		out.TDXRTMRs[i] = hex.EncodeToString(r[:])
 	}
-	if o.asJSON {
+	if asJSON {
 		return json.NewEncoder(stdout).Encode(out)
 	}
 	fmt.Fprintf(stdout, "workload %s\ntee %s\nvcpus %d\nmemory_mib %d\n", out.WorkloadID, out.TEE, out.CPUs, out.MemoryMiB)
-	// The value the TEE reports first: that is the one to register.
 	if spec.Params.TEE.Hardware() == tee.TDX {
 		printTDX(out, stdout)
 		fmt.Fprintf(stdout, "snp_measurement %s\n", out.SNPMeasurement)

@@ -60,7 +60,17 @@ type mkimageFlags struct {
 }
 
 func parseMkimageFlags(args []string, stderr io.Writer) (*mkimageOptions, error) {
-	fl := newFlagSet("mkimage", mkimageSynopsis, stderr)
+	return parseImageFlags("mkimage", mkimageSynopsis, args, stderr, nil)
+}
+
+// parseImageFlags parses mkimage's flags for verb (mkimage, or measure
+// --from-oci, which predicts what mkimage builds), with the verb's own extra
+// flags added by extra.
+func parseImageFlags(verb, synopsis string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*mkimageOptions, error) {
+	fl := newFlagSet(verb, synopsis, stderr)
+	if extra != nil {
+		extra(fl)
+	}
 	o := &mkimageOptions{}
 	v := &mkimageFlags{}
 	fl.StringVar(&o.build.Rootfs, "rootfs", "", "directory holding the root filesystem (not modified)")

@@ -228,3 +228,68 @@ func TestMkimageFromOCIErrors(t *testing.T) {
 		})
 	}
 }
+
+// measure --from-oci predicts, from the container image and the flags
+// alone, the measurement of the image mkimage --from-oci builds with the
+// same flags; another image (other content) measures differently.
+func TestMeasureFromOCIPredictsMkimage(t *testing.T) {
+	needTools(t, "mke2fs", "debugfs")
+	archive, digest := testOCIArchive(t)
+	dir := t.TempDir()
+	ca, _ := testCA(t, dir)
+	bundle := launchTestBundle(t)
+	flags := []string{"--from-oci", "oci-archive:" + archive, "--workload-id", "app", "--tee", "emulated-snp",
+		"--kbs", "https://127.0.0.1:8443", "--kbs-ca", ca, "--bundle", bundle, "--size", "24M", "--env", "MODE=predicted"}
+	var mk, mkErr bytes.Buffer
+	image := filepath.Join(dir, "app.img")
+	if err := runMkimage(context.Background(), append([]string{"-o", image}, flags...), &mk, &mkErr); err != nil {
+		t.Fatalf("mkimage: %v\n%s", err, mkErr.String())
+	}
+	var fromImage bytes.Buffer
+	if err := runMeasure([]string{image, "--bundle", bundle}, &fromImage, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	predict := func(extra ...string) string {
+		var out, errOut bytes.Buffer
+		if err := measureFromOCI(context.Background(), append(append([]string{}, flags...), extra...), &out, &errOut); err != nil {
+			t.Fatalf("measure --from-oci: %v\n%s", err, errOut.String())
+		}
+		return out.String()
+	}
+	predicted := predict()
+	want := measureLine(t, fromImage.String(), "snp_measurement")
+	if got := measureLine(t, predicted, "snp_measurement"); got != want {
+		t.Fatalf("predicted %s, the image measures %s\n%s", got, want, predicted)
+	}
+	if !strings.Contains(predicted, "image_digest "+digest.String()) || !strings.Contains(predicted, "verity_root ") {
+		t.Errorf("prediction lacks the image digest or the verity root:\n%s", predicted)
+	}
+	// Other content (another env in /.krun_config.json): another verity
+	// root, another measurement.
+	if other := measureLine(t, predict("--env", "MODE=other"), "snp_measurement"); other == want {
+		t.Error("an image with other content measures the same")
+	}
+	for _, bad := range [][]string{{"-o", filepath.Join(dir, "x")}, {"--admin-key", "k"}, {"--force"}} {
+		err := measureFromOCI(context.Background(), append(append([]string{}, flags...), bad...), io.Discard, io.Discard)
+		var u usageError
+		if !errors.As(err, &u) {
+			t.Errorf("measure --from-oci %v: %v, want a usage error", bad, err)
+		}
+	}
+	noID := []string{"--from-oci", "oci-archive:" + archive, "--tee", "emulated-snp", "--kbs", "https://127.0.0.1:8443", "--kbs-ca", ca, "--bundle", bundle}
+	if err := measureFromOCI(context.Background(), noID, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--workload-id") {
+		t.Errorf("without --workload-id: %v", err)
+	}
+}
+
+// measureLine returns the value of the "key value" line of measure's output.
+func measureLine(t *testing.T, out, key string) string {
+	t.Helper()
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, key+" "); ok {
+			return v
+		}
+	}
+	t.Fatalf("no %s line in:\n%s", key, out)
+	return ""
+}
