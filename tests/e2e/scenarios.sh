@@ -311,6 +311,12 @@ good() {
 	fi
 	expect "$1" 3 "^krun-e2e-confidential tee=$3 root=${4:-overlay} tmp=w " || return
 	no_secret "$1" || return
+	# The console is the workload's: no kernel complaint about firmware
+	# tables it was told not to look for (acpi=off), no kernel log lines.
+	if grep -q -E 'ACPI BIOS Error|^\[ *[0-9]+\.[0-9]+\]' "$WORK/$1.log"; then
+		fail "$1" "kernel messages on the workload's console: $(grep -E 'ACPI BIOS Error|^\[ *[0-9]+\.[0-9]+\]' "$WORK/$1.log" | head -n 1)"
+		return
+	fi
 	audit_check "$1" "$KBS_STATE" "$KBS_ADDR" "$mark" release && pass "$1"
 }
 

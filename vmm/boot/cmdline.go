@@ -29,10 +29,14 @@ func VirtioSlot(i int) (base uint64, irq uint32, err error) {
 }
 
 // DefaultCmdline is the start of every guest command line: the console on
-// COM1 only, reboot through the i8042 (which the VMM sees), reboot at once on
-// panic, and a quiet boot.
-// devices the controller does not have.
-const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 quiet 8250.nr_uarts=1"
+// COM1 only (8250.nr_uarts=1: no probes of UARTs that do not exist), reboot
+// through the i8042 (which the VMM sees), reboot at once on panic, a quiet
+// boot, and acpi=off: the platform has no ACPI tables yet (vmm/acpi builds
+// them; they wait for the devices and kernel options they need), so the
+// kernel stops looking for an RSDP — the search printed "ACPI BIOS Error
+// (bug): A valid RSDP was not found" into every workload's console. The
+// CPUs and interrupt routing come from the MP table.
+const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 quiet 8250.nr_uarts=1 acpi=off"
 
 // KernelCmdline returns the complete command line for a guest with
 // numVirtio virtio-mmio devices: DefaultCmdline, one virtio_mmio.device=
