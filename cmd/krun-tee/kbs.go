@@ -46,6 +46,7 @@ const kbsUsage = `usage:
 Configuration file (JSON; unknown fields are errors):
   {
     "listen": "0.0.0.0:8443",
+    "admin_listen": "127.0.0.1:8444",             optional: the admin API and /metrics only here
     "tls_cert": "/etc/krun-tee-kbs/tls.crt",      chain including the CA guests pin
     "tls_key": "/etc/krun-tee-kbs/tls.key",       omit both for plain HTTP (loopback/vsock)
     "store": {"type": "bolt", "path": "/var/lib/krun-tee-kbs/kbs.db"},
@@ -55,7 +56,11 @@ Configuration file (JSON; unknown fields are errors):
     "admin_public_key": "/etc/krun-tee-kbs/admin.pub",  omitted: every admin call is refused
     "token_key_file": "",                         optional P-256 PKCS#8 PEM; default: shared key in the store
     "emulated_roots": [],                         emulated root dirs to trust (CI/dev only)
+    "trusted_roots": [],                          root fingerprints to trust (default: all configured)
+    "collateral": {"fetch": true, "check_revocations": true},   required for hardware evidence
+          TDX offline: {"tdx_pcs_bundle": "/etc/krun-tee-kbs/pcs.json", "check_revocations": true}
     "session_lifetime": "5m",
+    "audit_retention": "2160h",                   audit entries older than this are deleted
     "max_body_bytes": 1048576
   }
 `
